@@ -1,0 +1,56 @@
+/*
+ * Declarations shared by the C helpers and the cffi build (cdef).
+ * Everything in this file must be parseable by cffi's cdef parser:
+ * no preprocessor logic, no inline functions.
+ *
+ * A "record area" is a sequence of pcap records exactly as they appear in a
+ * little-endian, microsecond pcap file (LINKTYPE_RAW):
+ *     u32 ts_sec, u32 ts_usec, u32 caplen, u32 origlen, caplen bytes of data
+ * The sender produces record areas in C, frames carry them, and the receiver
+ * writes them to its output without touching individual packets in Python.
+ */
+
+#define NZP_REC_HDR 16
+#define NZP_MAX_GROUPS 32
+
+struct nzp_batch {
+    /* output: record area, written from out[len] on */
+    unsigned char *out;
+    size_t cap;
+    size_t len;
+    uint32_t count;          /* records in out */
+    /* time used for packets without a kernel timestamp (set per recv) */
+    uint32_t now_sec;
+    uint32_t now_usec;
+    /* cumulative counters, never reset by C */
+    uint64_t packets;        /* records produced */
+    uint64_t bytes;          /* captured bytes of those records */
+    uint64_t seq_lost;       /* packets the kernel dropped, from NFULA_SEQ gaps */
+    uint64_t enobufs;        /* ENOBUFS events on the socket */
+    uint64_t nl_errors;      /* NLMSG_ERROR messages received */
+    uint64_t malformed;      /* netlink messages that failed validation */
+    uint64_t other_msgs;     /* well-formed messages that were not packets */
+    uint64_t recvs;          /* successful recv() calls */
+    uint64_t no_timestamp;   /* packets that carried no kernel timestamp */
+    /* per-group NFULA_SEQ tracking */
+    int ngroups;
+    uint16_t groups[32];
+    uint32_t next_seq[32];
+    uint8_t have_seq[32];
+};
+
+/* Walk one netlink buffer and append a record per NFLOG packet message.
+ * The caller guarantees cap - len >= buflen (a record is never larger than the
+ * netlink message it came from).  Returns the number of records appended. */
+int nzp_parse(const unsigned char *buf, size_t buflen, struct nzp_batch *b);
+
+/* recv() from a non-blocking netlink socket and parse, until the socket is
+ * drained (returns 0), the batch cannot take another buffer of rbuflen bytes
+ * (returns 1), max_recvs buffers were read (returns 2), or an error other
+ * than EAGAIN/EINTR/ENOBUFS occurs (returns -errno). */
+int nzp_read(int fd, unsigned char *rbuf, size_t rbuflen, struct nzp_batch *b,
+             int max_recvs);
+
+/* Clear the calling thread's capability sets (effective, permitted,
+ * inheritable) and set no_new_privs.  Returns 0 or -errno. */
+int nzp_drop_caps(void);

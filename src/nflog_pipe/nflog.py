@@ -1,0 +1,182 @@
+"""NFLOG reader: libnetfilter_log for the control plane, C for the data plane.
+
+``NflogReader`` binds one or more NFLOG groups on one netlink socket, applies
+and checks every setting, and reads the socket in C (``nzp_read``): each call
+drains up to a batch of netlink buffers into a record area ready to be framed,
+so Python runs once per batch, never once per packet.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+
+from ._nflog import ffi, lib
+
+log = logging.getLogger(__name__)
+
+SOL_NETLINK = 270
+NETLINK_NO_ENOBUFS = 5
+SO_RCVBUFFORCE = 33
+#: The kernel's per-group batch buffer: NLMSG_GOODSIZE .. 128 KiB.  Values
+#: outside are silently ignored by the kernel, so they are refused here.
+KBUFSIZ_MIN = 4096
+KBUFSIZ_MAX = 131072
+#: A recv() buffer holds one kernel batch whole (nlbufsiz, or one packet when
+#: a packet is larger than nlbufsiz); anything shorter would truncate it.
+RECV_BUFSIZE = 256 * 1024
+
+
+class NflogError(OSError):
+    """A libnetfilter_log call failed; ``errno`` and the call are kept."""
+
+
+def _has_net_admin() -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << 12))
+    except OSError:
+        pass
+    return os.geteuid() == 0
+
+
+def _check(rc: int, what: str) -> None:
+    if rc < 0:
+        err = ffi.errno or errno.EIO
+        raise NflogError(err, f"{what}: {os.strerror(err)}")
+
+
+class NflogReader:
+    def __init__(self, groups: list[int], *, rcvbuf: int = 10 << 20, rcvbuf_max: int = 64 << 20,
+                 kbufsiz: int = KBUFSIZ_MAX, qthresh: int | None = None,
+                 timeout_cs: int | None = None, batch_bytes: int = 256 * 1024,
+                 header_room: int = 0):
+        if not KBUFSIZ_MIN <= kbufsiz <= KBUFSIZ_MAX:
+            raise NflogError(errno.ERANGE, f"kernel batch buffer {kbufsiz} bytes: the kernel "
+                             f"accepts {KBUFSIZ_MIN} to {KBUFSIZ_MAX} and ignores anything else")
+        if len(groups) > lib.NZP_MAX_GROUPS:
+            raise NflogError(errno.EINVAL, f"at most {lib.NZP_MAX_GROUPS} groups per process")
+        self.groups = list(groups)
+        self.rcvbuf_max = max(rcvbuf_max, rcvbuf)
+        self._gh: list = []
+        self._h = lib.nflog_open()
+        if self._h == ffi.NULL:
+            raise NflogError(ffi.errno, f"nflog_open: {os.strerror(ffi.errno)}")
+        try:
+            self.fd = lib.nflog_fd(self._h)
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12, fileno=os.dup(self.fd))
+            self.rcvbuf = 0
+            self.set_rcvbuf(rcvbuf)
+            for g in groups:
+                self._bind(g, kbufsiz, qthresh, timeout_cs)
+            os.set_blocking(self.fd, False)
+        except BaseException:
+            self.close()
+            raise
+        # one buffer for the frame: header room, then the record area
+        self.header_room = header_room
+        self._rbuf = ffi.new("unsigned char[]", RECV_BUFSIZE)
+        cap = batch_bytes + RECV_BUFSIZE
+        self._frame = ffi.new("unsigned char[]", header_room + cap)
+        self.batch = ffi.new("struct nzp_batch *")
+        self.batch.out = self._frame + header_room
+        self.batch.cap = cap
+        self.batch.ngroups = len(groups)
+        for i, g in enumerate(groups):
+            self.batch.groups[i] = g
+        self._frame_buffer = ffi.buffer(self._frame, header_room + cap)
+
+    # -- control plane ---------------------------------------------------------
+    def _bind(self, group: int, kbufsiz: int, qthresh: int | None, timeout_cs: int | None) -> None:
+        gh = lib.nflog_bind_group(self._h, group)
+        if gh == ffi.NULL:
+            err = ffi.errno
+            if err == errno.EPERM and _has_net_admin():
+                raise NflogError(err, f"NFLOG group {group} is already bound by another process "
+                                 "(another nflog-zmq-send, ulogd2, tcpdump -i nflog...)")
+            if err == errno.EPERM:
+                raise NflogError(err, f"binding NFLOG group {group} needs root or CAP_NET_ADMIN "
+                                 f"in this network namespace: {os.strerror(err)}")
+            raise NflogError(err, f"binding NFLOG group {group}: {os.strerror(err)}")
+        self._gh.append(gh)
+        _check(lib.nflog_set_mode(gh, lib.NFULNL_COPY_PACKET, 0xFFFF),
+               f"group {group}: copy mode packet")
+        _check(lib.nflog_set_nlbufsiz(gh, kbufsiz), f"group {group}: kernel buffer {kbufsiz}")
+        if qthresh is not None:
+            _check(lib.nflog_set_qthresh(gh, qthresh), f"group {group}: qthresh {qthresh}")
+        if timeout_cs is not None:
+            _check(lib.nflog_set_timeout(gh, timeout_cs), f"group {group}: timeout {timeout_cs}")
+        _check(lib.nflog_set_flags(gh, lib.NFULNL_CFG_F_SEQ), f"group {group}: sequence numbers")
+
+    def set_rcvbuf(self, size: int) -> int:
+        """Force the socket receive buffer (SO_RCVBUFFORCE) and verify it."""
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+        except OSError as e:
+            raise NflogError(e.errno, f"netlink receive buffer of {size} bytes (SO_RCVBUFFORCE "
+                             f"needs CAP_NET_ADMIN): {e.strerror}") from None
+        got = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        if got < size:  # the kernel reports twice what was set
+            raise NflogError(errno.ENOBUFS, f"netlink receive buffer: asked {size}, got {got}")
+        self.rcvbuf = size
+        return got
+
+    def grow_rcvbuf(self) -> bool:
+        """After an overrun: double the receive buffer up to its cap."""
+        if self.rcvbuf >= self.rcvbuf_max:
+            return False
+        try:
+            self.set_rcvbuf(min(self.rcvbuf * 2, self.rcvbuf_max))
+        except NflogError as e:
+            log.warning("cannot grow the netlink receive buffer: %s", e)
+            self.rcvbuf_max = self.rcvbuf
+            return False
+        return True
+
+    # -- data plane --------------------------------------------------------------
+    def read(self, max_recvs: int = 64) -> int:
+        """Drain the socket into the batch.  0: drained, 1: batch full,
+        2: max_recvs reached; raises NflogError on a socket error."""
+        rc = lib.nzp_read(self.fd, self._rbuf, RECV_BUFSIZE, self.batch, max_recvs)
+        if rc < 0:
+            raise NflogError(-rc, f"reading the NFLOG socket: {os.strerror(-rc)}")
+        return rc
+
+    @property
+    def count(self) -> int:
+        return self.batch.count
+
+    def frame(self) -> memoryview:
+        """Header room followed by the record area of the current batch."""
+        return memoryview(self._frame_buffer)[: self.header_room + self.batch.len]
+
+    def reset(self) -> None:
+        self.batch.len = 0
+        self.batch.count = 0
+
+    # -- teardown ----------------------------------------------------------------
+    def close(self) -> None:
+        """Unbind the groups and close the socket.  Unbinding needs
+        CAP_NET_ADMIN; without it (privileges dropped) closing the socket
+        releases the groups in the kernel all the same."""
+        for gh in self._gh:
+            if lib.nflog_unbind_group(gh) < 0:
+                log.debug("unbind: %s (the socket close releases the group)",
+                          os.strerror(ffi.errno))
+        self._gh = []
+        if getattr(self, "_sock", None) is not None:
+            self._sock.close()
+            self._sock = None
+        if self._h is not None and self._h != ffi.NULL:
+            lib.nflog_close(self._h)
+        self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

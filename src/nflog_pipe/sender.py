@@ -1,0 +1,213 @@
+"""nflog-zmq-send: NFLOG groups -> batched frames -> ZeroMQ PUSH.
+
+The loop: poll the netlink socket; on data, the C reader drains it into a
+record area placed right after the room for a frame header; the header is
+packed in place and the frame is queued with one non-blocking send.  Past
+``--zmq-buffer`` queued messages a frame is dropped and its packets counted
+(``dropped.queue_full``): the sender never blocks on the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+
+import zmq
+
+from . import config, frame, privs, runtime
+from .config import Option
+from .nflog import NflogError, NflogReader
+
+log = logging.getLogger("nflog_pipe.sender")
+SERVICE = "send"
+
+OPTIONS = [
+    Option("groups", type=config.group_list, metavar="GROUPS", required=True,
+           help="NFLOG groups to read, a comma list (e.g. 0,1)"),
+    Option("dst", type=config.endpoint, metavar="DST", required=True,
+           help="ZeroMQ endpoint to PUSH frames to (e.g. tcp://ids.example:1234)"),
+    Option("user", ("-u", "--user"), metavar="USER[:GROUP]",
+           help="after binding the groups, switch to this user (and its group, or GROUP), "
+           "clearing supplementary groups and every capability"),
+    Option("libnflog_nlbufsiz", ("--libnflog-nlbufsiz",), type=config.positive_float,
+           default=10.0, metavar="MiB",
+           help="netlink socket receive buffer: how much the kernel may queue for this "
+           "process before it drops packets (set with SO_RCVBUFFORCE and verified)"),
+    Option("libnflog_nlbufsiz_max", ("--libnflog-nlbufsiz-max",), type=config.positive_float,
+           default=64.0, metavar="MiB",
+           help="on a kernel overrun (ENOBUFS) the receive buffer doubles up to this size"),
+    Option("libnflog_kbufsiz", ("--libnflog-kbufsiz",), type=config.positive_int, default=128,
+           metavar="KiB", help="the kernel's per-group batch buffer (nflog_set_nlbufsiz), "
+           "4 to 128 KiB: bigger batches cost the gateway less per packet"),
+    Option("libnflog_qthresh", ("--libnflog-qthresh",), type=config.positive_int, default=64,
+           metavar="PACKETS", help="the kernel sends a batch once it holds this many packets "
+           "(nflog_set_qthresh; an iptables --nflog-threshold overrides it per rule)"),
+    Option("libnflog_timeout", ("--libnflog-timeout",), type=config.nonneg_float, default=0.01,
+           metavar="S", help="the kernel sends a batch at the latest this long after its first "
+           "packet (nflog_set_timeout, in steps of 0.01 s)"),
+    Option("zmq_buffer", ("--zmq-buffer",), type=config.positive_int, default=50,
+           metavar="MSGS", help="frames queued for the network (ZMQ_SNDHWM); past it frames "
+           "are dropped and counted, never waited for"),
+    Option("batch_size", ("--batch-size",), type=config.positive_int, default=256,
+           metavar="KiB", help="largest record area of one frame"),
+    Option("sender_id", ("--sender-id",), default=None, metavar="NAME",
+           help="identity carried in every frame (default: the host name)"),
+    Option("zmq_linger", ("--zmq-linger",), type=config.nonneg_float, default=1.0, metavar="S",
+           help="at exit, wait this long for queued frames to leave"),
+] + config.LOG_OPTIONS + config.STATSD_OPTIONS
+
+
+class Sender:
+    """Moves batches from an NflogReader to a ZeroMQ socket."""
+
+    def __init__(self, reader: NflogReader, sock: zmq.Socket, sender_id: bytes,
+                 rt: runtime.Runtime):
+        self.reader = reader
+        self.sock = sock
+        self.sid = sender_id
+        self.rt = rt
+        self.c = rt.counters
+        self.instance = random.getrandbits(32)
+        self.seq = 0
+        self.pkt_seq = 0
+        # cumulative C counters already accounted
+        self._seen = {"packets": 0, "bytes": 0, "seq_lost": 0, "enobufs": 0, "malformed": 0,
+                      "nl_errors": 0}
+        self._warned_overrun = False
+        # the sender id never changes: write it once after the header's place
+        reader.frame()[frame.HEADER_SIZE : reader.header_room] = sender_id
+        for k in ("packets_in", "bytes_in", "packets_out", "bytes_out", "frames_out",
+                  "dropped.queue_full", "dropped.kernel_overrun"):
+            self.c.setdefault(k, 0)
+
+    def pump(self) -> None:
+        """Drain the netlink socket, one frame per batch."""
+        while True:
+            status = self.reader.read()
+            self._account_kernel()
+            if self.reader.count:
+                self._send()
+            if status == 0:
+                return
+
+    def _account_kernel(self) -> None:
+        b = self.reader.batch
+        seen = self._seen
+        c = self.c
+        if b.packets != seen["packets"]:
+            c["packets_in"] += b.packets - seen["packets"]
+            c["bytes_in"] += b.bytes - seen["bytes"]
+            seen["packets"], seen["bytes"] = b.packets, b.bytes
+        if b.seq_lost != seen["seq_lost"]:
+            lost = b.seq_lost - seen["seq_lost"]
+            c["packets_in"] += lost
+            c["dropped.kernel_overrun"] += lost
+            seen["seq_lost"] = b.seq_lost
+        if b.enobufs != seen["enobufs"]:
+            c.add("kernel_enobufs", b.enobufs - seen["enobufs"])
+            seen["enobufs"] = b.enobufs
+            grew = self.reader.grow_rcvbuf()
+            if not self._warned_overrun or grew:
+                log.warning("kernel overrun (ENOBUFS): packets were lost before this process "
+                            "could read them; receive buffer now %d bytes",
+                            self.reader.rcvbuf, extra={"event": "kernel_overrun",
+                                                       "rcvbuf": self.reader.rcvbuf})
+                self._warned_overrun = True
+        if b.malformed != seen["malformed"] or b.nl_errors != seen["nl_errors"]:
+            c.add("netlink_malformed", b.malformed - seen["malformed"])
+            c.add("netlink_errors", b.nl_errors - seen["nl_errors"])
+            seen["malformed"], seen["nl_errors"] = b.malformed, b.nl_errors
+
+    def _send(self) -> None:
+        r = self.reader
+        count, raw_len = r.count, r.batch.len
+        buf = r.frame()
+        frame.HEADER.pack_into(buf, 0, frame.MAGIC, frame.VERSION, 0, frame.CODEC_NONE,
+                               len(self.sid), self.instance, count, self.seq, self.pkt_seq,
+                               raw_len, raw_len)
+        try:
+            self.sock.send(buf, zmq.NOBLOCK)
+        except zmq.Again:
+            self.c["dropped.queue_full"] += count
+            self.c.add("dropped.queue_full_frames")
+        else:
+            self.seq += 1
+            self.pkt_seq += count
+            self.c["packets_out"] += count
+            self.c["bytes_out"] += raw_len - count * 16
+            self.c["frames_out"] += 1
+        r.reset()
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.reader.fd, zmq.POLLIN)
+        while not self.rt.stopping:
+            if poller.poll(self.rt.timeout(0.5) * 1000):
+                self.pump()
+            self.rt.tick()
+        self.pump()  # whatever the kernel already handed over
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = config.parse_args("nflog-zmq-send", __doc__.split("\n\n")[0], OPTIONS, argv)
+    runtime.setup_logging(SERVICE, args)
+    sender_id = (args.sender_id or config.short_hostname()).encode()
+    if len(sender_id) > frame.MAX_SENDER_ID:
+        return runtime.fatal("--sender-id is longer than %d bytes", frame.MAX_SENDER_ID)
+    if args.user:
+        if os.geteuid() != 0:
+            return runtime.fatal("--user needs the sender to start as root")
+        try:
+            privs.resolve_user(args.user)
+        except privs.PrivilegeError as e:
+            return runtime.fatal("--user: %s", e)
+    if args.libnflog_nlbufsiz_max < args.libnflog_nlbufsiz:
+        return runtime.fatal("--libnflog-nlbufsiz-max is below --libnflog-nlbufsiz")
+    timeout_cs = round(args.libnflog_timeout * 100)
+    try:
+        reader = NflogReader(
+            args.groups, rcvbuf=int(args.libnflog_nlbufsiz * 2**20),
+            rcvbuf_max=int(args.libnflog_nlbufsiz_max * 2**20),
+            kbufsiz=args.libnflog_kbufsiz * 1024, qthresh=args.libnflog_qthresh,
+            timeout_cs=timeout_cs, batch_bytes=args.batch_size * 1024,
+            header_room=frame.HEADER_SIZE + len(sender_id))
+    except NflogError as e:
+        return runtime.fatal("cannot set up NFLOG: %s", e)
+    # Privileges go before any thread exists: capabilities are per thread and
+    # ZeroMQ starts I/O threads with its context.
+    try:
+        who = privs.drop(args.user)
+    except (OSError, privs.PrivilegeError) as e:
+        reader.close()
+        return runtime.fatal("dropping privileges: %s", e)
+    ctx = zmq.Context(1)
+    sock = ctx.socket(zmq.PUSH)
+    sock.sndhwm = args.zmq_buffer
+    sock.linger = int(args.zmq_linger * 1000)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
+    try:
+        sock.connect(args.dst)
+    except zmq.ZMQError as e:
+        reader.close()
+        return runtime.fatal("cannot connect to %s: %s", args.dst, e)
+    rt = runtime.Runtime(SERVICE, args)
+    rt.install_signals()
+    sender = Sender(reader, sock, sender_id, rt)
+    log.info("started", extra={"event": "start", "groups": args.groups, "dst": args.dst,
+                               "sender_id": sender_id.decode(), "instance": sender.instance,
+                               "rcvbuf": reader.rcvbuf, **who})
+    try:
+        sender.run()
+    finally:
+        reader.close()
+        sock.close()
+        ctx.term()
+        rt.finish(sender_id=sender_id.decode(), instance=sender.instance)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -32,6 +32,9 @@ RECV_BUFSIZE = 256 * 1024
 class NflogError(OSError):
     """A libnetfilter_log call failed; ``errno`` and the call are kept."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
 
 def _has_net_admin() -> bool:
     try:
@@ -70,9 +73,9 @@ class NflogReader:
             self.fd = lib.nflog_fd(self._h)
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12, fileno=os.dup(self.fd))
             self.rcvbuf = 0
-            self.set_rcvbuf(rcvbuf)
             for g in groups:
                 self._bind(g, kbufsiz, qthresh, timeout_cs)
+            self.set_rcvbuf(rcvbuf)
             os.set_blocking(self.fd, False)
         except BaseException:
             self.close()

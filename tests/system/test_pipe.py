@@ -71,7 +71,7 @@ def test_ipv4_ipv6_bit_for_bit(pipe, tmp_path):
     full4 = [r for r in v4 if r not in trunc_recs]
     for recs_f, sent, hdr in ((full4, p4, 28), (v6, p6, 48)):
         assert len(recs_f) == len(sent)
-        for r, p in zip(recs_f, sent):
+        for r, p in zip(recs_f, sent, strict=True):
             # NFLOG copies at most 65531 bytes (0xFFFF less the attribute header)
             assert len(r.data) == min(hdr + len(p), 65531)
             assert r.origlen == hdr + len(p)

@@ -1,0 +1,48 @@
+# nflog-zmq-pcap-pipe
+#   make demo    set up (as root) and run the main job: NFLOG -> ZeroMQ -> FIFO -> Suricata
+#   make test    the whole test suite (system tests need root, as in CI)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install deps test unit integration system demo bench lint clean images up down
+
+# As root, the Debian packages come first (compiler, libnetfilter_log, iptables,
+# tcpdump, tshark, Suricata); then a virtualenv with the package and its commands.
+install: $(BIN)/nflog-zmq-send
+
+$(BIN)/nflog-zmq-send: pyproject.toml setup.py $(wildcard src/nflog_pipe/_native/*)
+	@if [ "$$(id -u)" = 0 ]; then tools/install-deps.sh; \
+	 else echo "not root: skipping Debian packages (see tools/install-deps.sh)"; fi
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+deps:
+	tools/install-deps.sh
+
+test: install
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: install
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+system: install
+	$(BIN)/python -m pytest tests/system $(PYTEST_ARGS)
+
+demo: install
+	tools/demo.sh
+
+bench: install
+	$(BIN)/python bench/bench.py
+
+lint: install
+	$(BIN)/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info src/nflog_pipe/_nflog.* src/nflog_pipe/_records.*

@@ -36,7 +36,7 @@ system: install
 	$(BIN)/python -m pytest tests/system $(PYTEST_ARGS)
 
 demo: install
-	tools/demo.sh
+	$(BIN)/python tools/demo.py
 
 bench: install
 	$(BIN)/python bench/bench.py

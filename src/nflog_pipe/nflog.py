@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import socket
+import struct
 
 from ._nflog import ffi, lib
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 SOL_NETLINK = 270
 NETLINK_NO_ENOBUFS = 5
 SO_RCVBUFFORCE = 33
+SO_MEMINFO = 55
 #: The kernel's per-group batch buffer: NLMSG_GOODSIZE .. 128 KiB.  Values
 #: outside are silently ignored by the kernel, so they are refused here.
 KBUFSIZ_MIN = 4096
@@ -127,6 +129,13 @@ class NflogReader:
             raise NflogError(errno.ENOBUFS, f"netlink receive buffer: asked {size}, got {got}")
         self.rcvbuf = size
         return got
+
+    def queued_bytes(self) -> int:
+        """Bytes the kernel holds for this socket, not yet read (a gauge:
+        near ``rcvbuf`` means overruns are coming).  0 once closed."""
+        if self._sock is None:
+            return 0
+        return struct.unpack_from("I", self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))[0]
 
     def grow_rcvbuf(self) -> bool:
         """After an overrun: double the receive buffer up to its cap."""

@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     except zmq.ZMQError as e:
         reader.close()
         return runtime.fatal("cannot connect to %s: %s", args.dst, e)
-    rt = runtime.Runtime(SERVICE, args)
+    rt = runtime.Runtime(SERVICE, args, gauges=lambda: {
+        "netlink_queue_bytes": reader.queued_bytes(), "netlink_rcvbuf": reader.rcvbuf})
     rt.install_signals()
     sender = Sender(reader, sock, sender_id, rt)
     log.info("started", extra={"event": "start", "groups": args.groups, "dst": args.dst,

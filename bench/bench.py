@@ -266,6 +266,48 @@ register_reader(ReaderSpec(
          "qthresh 1024, timeout 10 ms"))
 
 
+# ------------------------------------------------------- this project
+
+_VENV_BIN = os.path.dirname(os.path.abspath(sys.executable))
+
+
+def _project(cmd: str) -> str:
+    """A console script of this project, next to the interpreter running the
+    bench (make bench runs it from .venv)."""
+    return os.path.join(_VENV_BIN, cmd)
+
+
+def _totals(text: str) -> dict:
+    for line in reversed(text.splitlines()):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("event") == "totals":
+            return rec["counters"]
+    raise PointError("no totals record in the daemon's log")
+
+
+def _zmq_send_spec(name: str, *extra: str, note: str) -> ReaderSpec:
+    return ReaderSpec(
+        name=name,
+        argv=lambda c: [_project("nflog-zmq-send"), str(c.group), f"tcp://{c.env.sink4}:5557",
+                        "--log-format", "json", *extra],
+        companions=lambda c: [Companion("recv", "sink", [
+            _project("nflog-pcap-recv"), f"tcp://{c.env.sink4}:5557", "/dev/null",
+            "--log-format", "json"])],
+        # delivered = what the receiver wrote; the sender's own view of its
+        # losses is in its totals (kernel_overrun, queue_full)
+        count=lambda c: _totals(c.stderr("recv"))["packets_out"],
+        requires=[_project("nflog-zmq-send"), _project("nflog-pcap-recv")],
+        note=note)
+
+
+register_reader(_zmq_send_spec(
+    "nflog-zmq-send", note="this project, default options, to nflog-pcap-recv in the sink "
+    "namespace writing /dev/null; count = records the receiver wrote"))
+
+
 def custom_spec(name: str, cmd: str, companion: str | None) -> ReaderSpec:
     def fmt(c: Ctx, s: str) -> list[str]:
         return shlex.split(s.format(group=c.group, port=c.port, sink4=c.env.sink4,

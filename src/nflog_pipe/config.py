@@ -61,6 +61,10 @@ def positive_int(text: str) -> int:
     return _num(int, 1, what="whole number")(text)
 
 
+def auto_or_positive_int(text: str) -> int | str:
+    return "auto" if text.strip().lower() == "auto" else positive_int(text)
+
+
 def nonneg_float(text: str) -> float:
     return _num(float, 0.0)(text)
 

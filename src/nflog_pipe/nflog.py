@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import socket
 import struct
 
@@ -66,6 +67,9 @@ class NflogReader:
         if len(groups) > lib.NZP_MAX_GROUPS:
             raise NflogError(errno.EINVAL, f"at most {lib.NZP_MAX_GROUPS} groups per process")
         self.groups = list(groups)
+        self.qthresh = qthresh
+        self._ctl_fd: int | None = None
+        self._ctl_pid = 0
         self.rcvbuf_max = max(rcvbuf_max, rcvbuf)
         self._gh: list = []
         self._h = lib.nflog_open()
@@ -149,6 +153,56 @@ class NflogReader:
             return False
         return True
 
+    # -- run-time kernel batch size (privilege-separated) ------------------------
+    def start_qthresh_controller(self, uid: int, gid: int) -> int:
+        """Fork the child that may change queue thresholds later (see
+        ``nzp_ctl_child`` in nflog.h): it keeps only CAP_NET_ADMIN, runs as
+        uid/gid, and can only touch this reader's groups.  Call before any
+        thread exists and before dropping the parent's privileges."""
+        r, w = os.pipe()
+        groups = ffi.new("uint16_t[]", self.groups)
+        pid = os.fork()
+        if pid == 0:  # child: C only from here, never returns into Python code
+            rc = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                keep = sorted({r, self.fd})
+                os.closerange(3, keep[0])
+                for a, b in zip(keep, keep[1:] + [1 << 16], strict=True):
+                    os.closerange(a + 1, b)
+                rc = 1 if lib.nzp_ctl_child(r, self.fd, groups, len(self.groups), uid, gid) else 0
+            finally:
+                os._exit(rc)
+        os.close(r)
+        os.set_blocking(w, False)
+        self._ctl_fd, self._ctl_pid = w, pid
+        return pid
+
+    def set_qthresh(self, qthresh: int) -> bool:
+        """Ask the controller to set every group's queue threshold."""
+        if self._ctl_fd is None:
+            return False
+        try:
+            os.write(self._ctl_fd, b"".join(struct.pack("=II", g, qthresh) for g in self.groups))
+        except OSError as e:  # controller gone: stay at the current setting
+            log.warning("kernel batch size controller unavailable: %s", e.strerror)
+            self._stop_controller()
+            return False
+        self.qthresh = qthresh
+        return True
+
+    def _stop_controller(self) -> None:
+        if self._ctl_fd is not None:
+            os.close(self._ctl_fd)
+            self._ctl_fd = None
+        if self._ctl_pid:
+            try:
+                os.waitpid(self._ctl_pid, 0)
+            except ChildProcessError:
+                pass
+            self._ctl_pid = 0
+
     # -- data plane --------------------------------------------------------------
     def read(self, max_recvs: int = 64) -> int:
         """Drain the socket into the batch.  0: drained, 1: batch full,
@@ -175,6 +229,7 @@ class NflogReader:
         """Unbind the groups and close the socket.  Unbinding needs
         CAP_NET_ADMIN; without it (privileges dropped) closing the socket
         releases the groups in the kernel all the same."""
+        self._stop_controller()
         for gh in self._gh:
             if lib.nflog_unbind_group(gh) < 0:
                 log.debug("unbind: %s (the socket close releases the group)",
@@ -192,3 +247,48 @@ class NflogReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class QthreshPolicy:
+    """The kernel's batch size (queue threshold) from the packet rate.
+
+    Big batches cost the gateway and this process less per packet; small ones
+    keep latency low when traffic is light (the kernel's flush timer cannot
+    go below 10 ms).  Below ``busy_rate`` packets/s the target is a batch that
+    fills in ``fill_time`` (2 ms: a packet waits about 1 ms); above it, a
+    batch per kernel flush period (10 ms), up to ``qmax``.  Values are powers
+    of two.  Raised as soon as 10 ms of traffic say so; lowered only when the
+    target falls below a quarter of the current value over ``interval``.
+    """
+
+    def __init__(self, qmax: int = 1024, fill_time: float = 0.002, busy_rate: float = 10000.0,
+                 interval: float = 0.1, start: int = 1):
+        self.qmax = qmax
+        self.fill_time = fill_time
+        self.busy_rate = busy_rate
+        self.interval = interval
+        self.current = start
+        self._t0: float | None = None
+        self._n0 = 0
+
+    def target(self, rate: float) -> int:
+        want = rate * (self.fill_time if rate < self.busy_rate else 0.01)
+        want = max(1.0, min(float(self.qmax), want))
+        return min(self.qmax, 1 << (int(want) - 1).bit_length()) if want > 1 else 1
+
+    def update(self, packets_total: int, now: float) -> int | None:
+        """Feed the cumulative packet count; returns a new threshold or None."""
+        if self._t0 is None:
+            self._t0, self._n0 = now, packets_total
+            return None
+        span = now - self._t0
+        if span < 0.01:
+            return None
+        t = self.target((packets_total - self._n0) / span)
+        if t > self.current or (span >= self.interval and t * 4 <= self.current):
+            self.current = t
+            self._t0, self._n0 = now, packets_total
+            return t
+        if span >= self.interval:
+            self._t0, self._n0 = now, packets_total
+        return None

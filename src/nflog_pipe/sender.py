@@ -13,12 +13,14 @@ import logging
 import os
 import random
 import sys
+import time
 
 import zmq
 
-from . import config, frame, privs, runtime
+from . import config, frame, privs, ratecontrol, runtime
 from .config import Option
-from .nflog import NflogError, NflogReader
+from .metrics import Counters
+from .nflog import NflogError, NflogReader, QthreshPolicy
 
 log = logging.getLogger("nflog_pipe.sender")
 SERVICE = "send"
@@ -41,9 +43,12 @@ OPTIONS = [
     Option("libnflog_kbufsiz", ("--libnflog-kbufsiz",), type=config.positive_int, default=128,
            metavar="KiB", help="the kernel's per-group batch buffer (nflog_set_nlbufsiz), "
            "4 to 128 KiB: bigger batches cost the gateway less per packet"),
-    Option("libnflog_qthresh", ("--libnflog-qthresh",), type=config.positive_int, default=64,
-           metavar="PACKETS", help="the kernel sends a batch once it holds this many packets "
-           "(nflog_set_qthresh; an iptables --nflog-threshold overrides it per rule)"),
+    Option("libnflog_qthresh", ("--libnflog-qthresh",), type=config.auto_or_positive_int,
+           default="auto", metavar="PACKETS|auto",
+           help="the kernel sends a batch once it holds this many packets (nflog_set_qthresh; an "
+           "iptables --nflog-threshold overrides it per rule). auto: follow the packet rate, "
+           "1 when traffic is light (low latency) up to 1024 under load (low cost per packet); "
+           "a separate process that keeps only CAP_NET_ADMIN applies the changes"),
     Option("libnflog_timeout", ("--libnflog-timeout",), type=config.nonneg_float, default=0.01,
            metavar="S", help="the kernel sends a batch at the latest this long after its first "
            "packet (nflog_set_timeout, in steps of 0.01 s)"),
@@ -56,15 +61,21 @@ OPTIONS = [
            help="identity carried in every frame (default: the host name)"),
     Option("zmq_linger", ("--zmq-linger",), type=config.nonneg_float, default=1.0, metavar="S",
            help="at exit, wait this long for queued frames to leave"),
-] + config.LOG_OPTIONS + config.STATSD_OPTIONS
+    Option("rate_control", ("--rate-control",), flag=True, default=False,
+           help="rate control in this process: compress above --lwm, drop the excess above "
+           "--hwm (docs/rate-control.md); the receiver detects compressed frames on its own"),
+] + ratecontrol.WATERMARK_OPTIONS + ratecontrol.COMPRESS_OPTIONS + config.LOG_OPTIONS \
+    + config.STATSD_OPTIONS
 
 
 class Sender:
     """Moves batches from an NflogReader to a ZeroMQ socket."""
 
     def __init__(self, reader: NflogReader, sock: zmq.Socket, sender_id: bytes,
-                 rt: runtime.Runtime):
+                 rt: runtime.Runtime, qpolicy: QthreshPolicy | None = None,
+                 rc: ratecontrol.RateController | None = None):
         self.reader = reader
+        self.qpolicy = qpolicy
         self.sock = sock
         self.sid = sender_id
         self.rt = rt
@@ -74,13 +85,17 @@ class Sender:
         self.pkt_seq = 0
         # cumulative C counters already accounted
         self._seen = {"packets": 0, "bytes": 0, "seq_lost": 0, "enobufs": 0, "malformed": 0,
-                      "nl_errors": 0}
+                      "nl_errors": 0, "recvs": 0}
         self._warned_overrun = False
         # the sender id never changes: write it once after the header's place
         reader.frame()[frame.HEADER_SIZE : reader.header_room] = sender_id
-        for k in ("packets_in", "bytes_in", "packets_out", "bytes_out", "frames_out",
+        for k in ("packets_in", "bytes_in", "packets_out", "bytes_out", "frames_out", "netlink_buffers",
                   "dropped.queue_full", "dropped.kernel_overrun"):
             self.c.setdefault(k, 0)
+        # rate control swaps the send path; without it the batch path is untouched
+        self.rc = rc
+        if rc is not None:
+            self._send = self._send_controlled
 
     def pump(self) -> None:
         """Drain the netlink socket, one frame per batch."""
@@ -90,7 +105,14 @@ class Sender:
             if self.reader.count:
                 self._send()
             if status == 0:
-                return
+                break
+        if self.qpolicy:
+            self._adapt(time.monotonic())
+
+    def _adapt(self, now: float) -> None:
+        q = self.qpolicy.update(self.c["packets_in"], now)
+        if q is not None and self.reader.set_qthresh(q):
+            log.debug("kernel batch size now %d packets", q, extra={"event": "qthresh", "qthresh": q})
 
     def _account_kernel(self) -> None:
         b = self.reader.batch
@@ -99,7 +121,8 @@ class Sender:
         if b.packets != seen["packets"]:
             c["packets_in"] += b.packets - seen["packets"]
             c["bytes_in"] += b.bytes - seen["bytes"]
-            seen["packets"], seen["bytes"] = b.packets, b.bytes
+            c["netlink_buffers"] += b.recvs - seen["recvs"]
+            seen["packets"], seen["bytes"], seen["recvs"] = b.packets, b.bytes, b.recvs
         if b.seq_lost != seen["seq_lost"]:
             lost = b.seq_lost - seen["seq_lost"]
             c["packets_in"] += lost
@@ -140,14 +163,64 @@ class Sender:
             self.c["frames_out"] += 1
         r.reset()
 
+    # -- with --rate-control: the batch goes through the controller ----------------
+    def _send_controlled(self) -> None:
+        r = self.reader
+        buf = r.frame()
+        for out in self.rc.offer(self.sid, buf[r.header_room :], r.count):
+            self._emit(out, buf)
+        r.reset()
+
+    def _emit(self, out: ratecontrol.Output, batch: memoryview | None = None) -> None:
+        if out.codec == frame.CODEC_NONE:
+            # the batch itself, passed on: its header is packed in place
+            frame.HEADER.pack_into(batch, 0, frame.MAGIC, frame.VERSION, 0, frame.CODEC_NONE,
+                                   len(self.sid), self.instance, out.count, self.seq,
+                                   self.pkt_seq, out.raw_len, out.raw_len)
+            data = batch
+        else:
+            data = frame.pack_header(self.sid, self.instance, self.seq, self.pkt_seq, out.count,
+                                     out.raw_len, len(out.payload), frame.FLAG_COMPRESSED,
+                                     out.codec) + out.payload
+        try:
+            self.sock.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            self.c["dropped.queue_full"] += out.count
+            self.c.add("dropped.queue_full_frames")
+        else:
+            self.seq += 1
+            self.pkt_seq += out.count
+            self.c["packets_out"] += out.count
+            self.c["bytes_out"] += out.raw_len - out.count * 16
+            self.c["frames_out"] += 1
+
+    def _rc_timeout(self, timeout: float) -> float:
+        due = self.rc.timeout()
+        return timeout if due is None else min(timeout, due)
+
+    def _rc_due(self) -> None:
+        for out in self.rc.poll():
+            self._emit(out)
+
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.reader.fd, zmq.POLLIN)
+        rc = self.rc
         while not self.rt.stopping:
-            if poller.poll(self.rt.timeout(0.5) * 1000):
+            timeout = self.rt.timeout(0.5 if not self.qpolicy else 0.1)
+            if rc is not None:
+                timeout = self._rc_timeout(timeout)
+            if poller.poll(timeout * 1000):
                 self.pump()
+            elif self.qpolicy:
+                self._adapt(time.monotonic())
+            if rc is not None:
+                self._rc_due()
             self.rt.tick()
         self.pump()  # whatever the kernel already handed over
+        if rc is not None:
+            for out in rc.flush():
+                self._emit(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,19 +238,33 @@ def main(argv: list[str] | None = None) -> int:
             return runtime.fatal("--user: %s", e)
     if args.libnflog_nlbufsiz_max < args.libnflog_nlbufsiz:
         return runtime.fatal("--libnflog-nlbufsiz-max is below --libnflog-nlbufsiz")
+    counters = Counters()
+    rc = None
+    if args.rate_control:
+        try:
+            rc = ratecontrol.from_options(args, counters)
+        except ValueError as e:
+            return runtime.fatal("%s", e)
     timeout_cs = round(args.libnflog_timeout * 100)
+    adaptive = args.libnflog_qthresh == "auto"
     try:
         reader = NflogReader(
             args.groups, rcvbuf=int(args.libnflog_nlbufsiz * 2**20),
             rcvbuf_max=int(args.libnflog_nlbufsiz_max * 2**20),
-            kbufsiz=args.libnflog_kbufsiz * 1024, qthresh=args.libnflog_qthresh,
+            kbufsiz=args.libnflog_kbufsiz * 1024, qthresh=1 if adaptive else args.libnflog_qthresh,
             timeout_cs=timeout_cs, batch_bytes=args.batch_size * 1024,
             header_room=frame.HEADER_SIZE + len(sender_id))
     except NflogError as e:
         return runtime.fatal("cannot set up NFLOG: %s", e)
     # Privileges go before any thread exists: capabilities are per thread and
-    # ZeroMQ starts I/O threads with its context.
+    # ZeroMQ starts I/O threads with its context.  The qthresh controller is
+    # forked first, so that it can keep CAP_NET_ADMIN and nothing else.
+    qpolicy = None
     try:
+        if adaptive:
+            uid, gid = privs.resolve_user(args.user)[:2] if args.user else (os.getuid(), os.getgid())
+            reader.start_qthresh_controller(uid, gid)
+            qpolicy = QthreshPolicy(start=1)
         who = privs.drop(args.user)
     except (OSError, privs.PrivilegeError) as e:
         reader.close()
@@ -193,13 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     except zmq.ZMQError as e:
         reader.close()
         return runtime.fatal("cannot connect to %s: %s", args.dst, e)
-    rt = runtime.Runtime(SERVICE, args, gauges=lambda: {
+    rt = runtime.Runtime(SERVICE, args, counters, gauges=lambda: {
         "netlink_queue_bytes": reader.queued_bytes(), "netlink_rcvbuf": reader.rcvbuf})
     rt.install_signals()
-    sender = Sender(reader, sock, sender_id, rt)
+    sender = Sender(reader, sock, sender_id, rt, qpolicy, rc)
     log.info("started", extra={"event": "start", "groups": args.groups, "dst": args.dst,
                                "sender_id": sender_id.decode(), "instance": sender.instance,
-                               "rcvbuf": reader.rcvbuf, **who})
+                               "rcvbuf": reader.rcvbuf, "qthresh": args.libnflog_qthresh,
+                               "qthresh_controller_pid": reader._ctl_pid or None, **who,
+                               "rate_control": ratecontrol.describe(rc) if rc else False})
     try:
         sender.run()
     finally:

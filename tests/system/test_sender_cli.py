@@ -1,5 +1,6 @@
 """nflog-zmq-send's start-up: privileges, refused settings, clear errors."""
 
+import os
 import subprocess
 
 from lab import tool
@@ -79,3 +80,63 @@ def test_unknown_user_is_refused_before_binding(lab):
                                       "--user", "no-such-user-x", "--log-format", "text"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "no such user: 'no-such-user-x'" in r.stderr
+
+
+def _ratio(pipe, tmp_path, *sender_args):
+    from conftest import payload_file
+    from lab import send_udp, wait_until
+    pipe.nflog_rule(12, 7400)
+    sender = pipe.start_sender("12", *sender_args)
+    # a little light traffic, then a burst
+    send_udp(pipe.gw, pipe.link.b4, 7400, payload_file(tmp_path / "l", [b"l"] * 20), pace=1)
+    n = send_udp(pipe.gw, pipe.link.b4, 7400, payload_file(tmp_path / "b", [b"b" * 64] * 20000), pace=0)
+    wait_until(lambda: _recv_packets(pipe) >= n + 20, timeout=30, what="all packets")
+    c = sender.stop()["counters"]
+    return c["packets_in"] / c["netlink_buffers"], c
+
+
+def _recv_packets(pipe):
+    recs = [r for r in pipe.receiver.records() if r.get("event") == "stats"]
+    return recs[-1]["counters"]["packets_in"] if recs else 0
+
+
+def test_adaptive_batch_size_reaches_the_kernel(pipe, tmp_path):
+    """With the default (auto), a burst is read in kernel batches of many
+    packets: one netlink buffer holds one batch, so packets per buffer > 1
+    proves the kernel applied the threshold the controller sent."""
+    pipe.start_receiver("--stats-interval", "0.2")
+    ratio, c = _ratio(pipe, tmp_path)
+    assert ratio > 4, c
+    assert c.get("netlink_errors", 0) == 0
+
+
+def test_static_batch_size_one_is_one_packet_per_buffer(pipe, tmp_path):
+    pipe.start_receiver("--stats-interval", "0.2")
+    ratio, c = _ratio(pipe, tmp_path, "--libnflog-qthresh", "1")
+    assert ratio == 1.0, c
+
+
+def test_qthresh_controller_keeps_only_net_admin(lab):
+    gw = lab.netns("gw")
+    d = lab.daemon(gw, "nflog-zmq-send", "13", "tcp://127.0.0.1:9", "--user", "nobody")
+    start = d.wait_log("start")
+    child = start["qthresh_controller_pid"]
+    assert child and child != d.pid
+    st = _status(child)
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    assert st["Uid"] == [str(nobody.pw_uid)] * 4 and st["Groups"] == []
+    assert int(st["CapEff"][0], 16) == 1 << 12 and int(st["CapPrm"][0], 16) == 1 << 12
+    assert st["NoNewPrivs"] == ["1"]
+    # its open files: only the pipe from the parent, the netlink socket, stdio
+    fds = os.listdir(f"/proc/{child}/fd")
+    assert len(fds) <= 5, [os.readlink(f"/proc/{child}/fd/{f}") for f in fds]
+    d.stop()
+    assert not os.path.exists(f"/proc/{child}") or _status(child)["State"][0] == "Z"
+
+
+def test_static_qthresh_forks_no_controller(lab):
+    gw = lab.netns("gw")
+    d = lab.daemon(gw, "nflog-zmq-send", "14", "tcp://127.0.0.1:9", "--libnflog-qthresh", "64")
+    assert d.wait_log("start")["qthresh_controller_pid"] is None
+    d.stop()

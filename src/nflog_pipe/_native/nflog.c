@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -206,4 +207,84 @@ int nzp_drop_caps(void)
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         return -errno;
     return 0;
+}
+
+int nzp_qthresh_msg(unsigned char *buf, uint16_t group, uint32_t qthresh)
+{
+    struct nlmsghdr *nh = (struct nlmsghdr *)buf;
+    struct nfgenmsg *g;
+    struct nlattr *a;
+    uint32_t be = htonl(qthresh);
+    int len = NLMSG_LENGTH(sizeof(struct nfgenmsg)) + NLA_HDRLEN + 4;
+
+    memset(buf, 0, (size_t)NLMSG_ALIGN(len));
+    nh->nlmsg_len = (uint32_t)len;
+    nh->nlmsg_type = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG;
+    nh->nlmsg_flags = NLM_F_REQUEST;           /* no NLM_F_ACK: see nflog.h */
+    g = (struct nfgenmsg *)NLMSG_DATA(nh);
+    g->nfgen_family = AF_UNSPEC;
+    g->version = NFNETLINK_V0;
+    g->res_id = htons(group);
+    a = (struct nlattr *)((unsigned char *)g + NLMSG_ALIGN(sizeof(*g)));
+    a->nla_len = NLA_HDRLEN + 4;
+    a->nla_type = NFULA_CFG_QTHRESH;
+    memcpy((unsigned char *)a + NLA_HDRLEN, &be, 4);
+    return len;
+}
+
+static int keep_only_net_admin(uint32_t uid, uint32_t gid)
+{
+    struct __user_cap_header_struct hdr;
+    struct __user_cap_data_struct data[2];
+    uint32_t bit = 1u << CAP_NET_ADMIN;      /* CAP_NET_ADMIN = 12 < 32 */
+
+    if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0)
+        return -errno;
+    if (setgroups(0, NULL) != 0 || setresgid(gid, gid, gid) != 0 ||
+        setresuid(uid, uid, uid) != 0)
+        return -errno;
+    memset(&hdr, 0, sizeof(hdr));
+    memset(data, 0, sizeof(data));
+    hdr.version = _LINUX_CAPABILITY_VERSION_3;
+    data[0].effective = bit;
+    data[0].permitted = bit;
+    if (syscall(SYS_capset, &hdr, data) != 0)
+        return -errno;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return -errno;
+    return 0;
+}
+
+int nzp_ctl_child(int cmd_fd, int nl_fd, const uint16_t *groups, int ngroups,
+                  uint32_t uid, uint32_t gid)
+{
+    struct nzp_ctl_cmd cmd;
+    struct sockaddr_nl kernel;
+    unsigned char msg[64];
+    int rc = keep_only_net_admin(uid, gid);
+
+    if (rc < 0)
+        return rc;
+    memset(&kernel, 0, sizeof(kernel));
+    kernel.nl_family = AF_NETLINK;
+    for (;;) {
+        ssize_t n = read(cmd_fd, &cmd, sizeof(cmd));
+        int i, allowed = 0, len;
+        if (n == 0)
+            return 0;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n != (ssize_t)sizeof(cmd))
+            return -EPROTO;
+        for (i = 0; i < ngroups; i++)
+            if (groups[i] == cmd.group)
+                allowed = 1;
+        if (!allowed || cmd.qthresh == 0)
+            continue;                       /* only the parent's own groups */
+        len = nzp_qthresh_msg(msg, (uint16_t)cmd.group, cmd.qthresh);
+        sendto(nl_fd, msg, (size_t)len, 0, (struct sockaddr *)&kernel, sizeof(kernel));
+    }
 }

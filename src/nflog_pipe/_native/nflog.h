@@ -54,3 +54,25 @@ int nzp_read(int fd, unsigned char *rbuf, size_t rbuflen, struct nzp_batch *b,
 /* Clear the calling thread's capability sets (effective, permitted,
  * inheritable) and set no_new_privs.  Returns 0 or -errno. */
 int nzp_drop_caps(void);
+
+/* Privilege separation for run-time kernel settings.
+ *
+ * Changing an NFLOG group's settings needs CAP_NET_ADMIN at the moment the
+ * message is sent, and must come from the socket that bound the group.  The
+ * sender forks a child before dropping its own privileges; the child keeps
+ * only CAP_NET_ADMIN (as uid/gid, when not 0), shares the bound netlink
+ * socket, and does one thing: apply the queue thresholds the parent writes
+ * to cmd_fd as struct nzp_ctl_cmd, for the groups it was given, sent without
+ * NLM_F_ACK so that no reply lands among the parent's packets.  It returns
+ * when cmd_fd reaches end of file (the parent is gone), or -errno. */
+struct nzp_ctl_cmd {
+    uint32_t group;
+    uint32_t qthresh;
+};
+
+int nzp_ctl_child(int cmd_fd, int nl_fd, const uint16_t *groups, int ngroups,
+                  uint32_t uid, uint32_t gid);
+
+/* Build the NFULNL_MSG_CONFIG message that sets a group's queue threshold
+ * into buf (at least 64 bytes).  Returns its length. */
+int nzp_qthresh_msg(unsigned char *buf, uint16_t group, uint32_t qthresh);

@@ -10,9 +10,9 @@ or rejected whole.
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 
+from . import codec as _codec
 from . import pcap
 from ._records import ffi as _rffi
 from ._records import lib as _rlib
@@ -25,8 +25,9 @@ HEADER_SIZE = HEADER.size  # 40
 FLAG_COMPRESSED = 0x01
 KNOWN_FLAGS = FLAG_COMPRESSED
 
-CODEC_NONE = 0
-CODEC_ZLIB = 1
+CODEC_NONE = _codec.NONE
+CODEC_ZLIB = _codec.ZLIB
+CODEC_ZSTD = _codec.ZSTD
 
 MAX_SENDER_ID = 255
 #: Largest frame a receiver accepts (also ZMQ_MAXMSGSIZE on its sockets).
@@ -88,7 +89,7 @@ def encode(
     count: int,
     records: bytes | memoryview,
     codec: int = CODEC_NONE,
-    level: int = 6,
+    level: int | None = None,
 ) -> bytes:
     """A whole frame (tests, relays).  The sender packs headers in place."""
     sid = sender_id.encode() if isinstance(sender_id, str) else sender_id
@@ -96,10 +97,8 @@ def encode(
         raise ValueError("sender id longer than 255 bytes")
     if codec == CODEC_NONE:
         payload, flags = bytes(records), 0
-    elif codec == CODEC_ZLIB:
-        payload, flags = zlib.compress(records, level), FLAG_COMPRESSED
     else:
-        raise ValueError(f"unknown codec {codec}")
+        payload, flags = _codec.compress(codec, records, level), FLAG_COMPRESSED
     return pack_header(sid, instance, seq, pkt_seq, count, len(records), len(payload),
                        flags, codec) + payload
 
@@ -115,17 +114,11 @@ _RECORD_ERRORS = {
 
 
 def _decompress(codec: int, payload: memoryview, raw_len: int, count: int) -> memoryview:
-    if codec == CODEC_ZLIB:
-        d = zlib.decompressobj()
-        try:
-            out = d.decompress(payload, raw_len)
-        except zlib.error as e:
-            raise FrameError("decompress", f"zlib payload does not decompress: {e}", count) from None
-        if len(out) != raw_len or d.unconsumed_tail or not d.eof or d.unused_data:
-            raise FrameError(
-                "decompress", "compressed payload does not expand to the announced size", count)
-        return memoryview(out)
-    raise FrameError("codec", f"unknown codec {codec}", count)
+    """Bounded by raw_len (``codec.decompress``)."""
+    try:
+        return memoryview(_codec.decompress(codec, payload, raw_len))
+    except _codec.CodecError as e:
+        raise FrameError(e.kind, str(e), count) from None
 
 
 def decode(buf: bytes | memoryview) -> Frame:
@@ -136,20 +129,23 @@ def decode(buf: bytes | memoryview) -> Frame:
         raise FrameError("short", f"frame of {n} bytes is shorter than the {HEADER_SIZE}-byte header")
     (magic, version, flags, codec, id_len, instance, count, seq, pkt_seq, raw_len,
      payload_len) = HEADER.unpack_from(mv)
+    # the count reported with a rejection (packets known lost): only one that
+    # fits the announced area; a forged header must not inflate the counters
+    told = count if count * pcap.RECORD_HEADER.size <= raw_len <= MAX_RAW else None
     if magic != MAGIC:
         raise FrameError("magic", f"bad magic {bytes(magic)!r} (not an nflog-pipe frame)")
     if version != VERSION:
         raise FrameError(
-            "version", f"frame version {version}, this receiver speaks version {VERSION}", count)
+            "version", f"frame version {version}, this receiver speaks version {VERSION}", told)
     if flags & ~KNOWN_FLAGS:
-        raise FrameError("flags", f"unknown flags {flags:#x}", count)
+        raise FrameError("flags", f"unknown flags {flags:#x}", told)
     if n > MAX_FRAME or raw_len > MAX_RAW:
-        raise FrameError("oversize", f"frame announces {raw_len} bytes of records, limit {MAX_RAW}", count)
+        raise FrameError("oversize", f"frame announces {raw_len} bytes of records, limit {MAX_RAW}", told)
     if n != HEADER_SIZE + id_len + payload_len:
         raise FrameError(
-            "length", f"frame is {n} bytes, header announces {HEADER_SIZE + id_len + payload_len}", count)
+            "length", f"frame is {n} bytes, header announces {HEADER_SIZE + id_len + payload_len}", told)
     if count * pcap.RECORD_HEADER.size > raw_len:
-        raise FrameError("count", f"{count} records cannot fit in {raw_len} bytes", count)
+        raise FrameError("count", f"{count} records cannot fit in {raw_len} bytes", told)
     try:
         sender_id = bytes(mv[HEADER_SIZE : HEADER_SIZE + id_len]).decode()
     except UnicodeDecodeError:

@@ -1,0 +1,340 @@
+"""nflog-zmq-compress and nflog-zmq-decompress: relays between senders and a
+receiver, in the spirit of ``zmq.devices``.
+
+A :class:`Relay` binds SRC (PULL, many peers may connect) and connects DST
+(PUSH).  Every frame that comes in is validated whole (``frame.decode``) and
+its stream checked for transit losses (``tracking.StreamTracker``); then
+
+* the compress relay hands its records to a ``RateController``: passed on as
+  they are below ``--lwm``, squashed (per sender id) and compressed above it,
+  the excess dropped above ``--hwm``;
+* the decompress relay passes the records on uncompressed.
+
+Output frames keep the sender id of the frames they carry but are numbered
+by the relay (its own ``instance``, ``seq`` and ``pkt_seq`` per sender id),
+so the next stage checks the link into it.  Sends never block: past
+``--zmq-buffer`` queued frames a frame is dropped and its packets counted
+(``dropped.queue_full``).  Any stage of a chain can restart: ZeroMQ
+reconnects, and a restarted relay is a new stream to the stage after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+
+import zmq
+
+from . import config, frame, ratecontrol, runtime, security
+from .config import Option
+from .logs import RateLimited
+from .metrics import Counters
+from .ratecontrol import Output, RateController
+from .tracking import StreamTracker, account_rejected
+
+log = logging.getLogger("nflog_pipe.relay")
+
+COMPRESS, DECOMPRESS = "compress", "decompress"
+
+
+class OutStreams:
+    """The relay's numbering of what it sends, one stream per sender id."""
+
+    def __init__(self, instance: int | None = None):
+        self.instance = random.getrandbits(32) if instance is None else instance
+        self._next: dict[bytes, list[int]] = {}  # sender id -> [seq, pkt_seq]
+
+    def frame(self, out: Output) -> bytes:
+        seq, pkt_seq = self._next.get(out.key) or (0, 0)
+        flags = frame.FLAG_COMPRESSED if out.codec != frame.CODEC_NONE else 0
+        hdr = frame.pack_header(out.key, self.instance, seq, pkt_seq, out.count, out.raw_len,
+                                len(out.payload), flags, out.codec)
+        return b"".join((hdr, out.payload))
+
+    def sent(self, out: Output) -> None:
+        nxt = self._next.setdefault(out.key, [0, 0])
+        nxt[0] += 1
+        nxt[1] += out.count
+
+
+class Relay:
+    """One relay: ``bind_in`` / ``connect_out``, then ``run()`` (in this
+    thread) or ``start()`` (in a new one) until ``stop()``."""
+
+    def __init__(self, mode: str, rc: RateController | None = None,
+                 counters: Counters | None = None, zmq_buffer: int = 50,
+                 linger: float = 1.0, ctx: zmq.Context | None = None):
+        if mode not in (COMPRESS, DECOMPRESS):
+            raise ValueError(f"relay mode {mode!r}")
+        if mode == DECOMPRESS and rc is not None:
+            raise ValueError("the decompress relay has no rate control")
+        self.mode = mode
+        self.c = counters if counters is not None else Counters()
+        self.rc = rc
+        if rc is not None:
+            rc.c = self.c
+            for k in ("dropped.hwm", "dropped.hwm_frames", "compressed_frames",
+                      "compressed_packets", "compressed_raw_bytes", "compressed_bytes"):
+                self.c.setdefault(k, 0)
+        self.zmq_buffer = zmq_buffer
+        self.linger = linger
+        self._own_ctx = ctx is None
+        self.ctx = ctx
+        self._binds: list[str] = []
+        self._connects: list[str] = []
+        self.pull: zmq.Socket | None = None
+        self.push: zmq.Socket | None = None
+        #: CURVE (security.Curve): server on the input, client on the output
+        self.curve = None
+        self.out = OutStreams()
+        self._warn = RateLimited(log, 10.0)
+        self.tracker = StreamTracker(self.c, log, self._warn)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        for k in ("frames_in", "packets_in", "bytes_in", "frames_out", "packets_out",
+                  "bytes_out", "dropped.malformed", "dropped.malformed_frames",
+                  "dropped.queue_full", "dropped.queue_full_frames"):
+            self.c.setdefault(k, 0)
+
+    # -- set-up ------------------------------------------------------------------
+    def bind_in(self, endpoint: str) -> None:
+        self._binds.append(endpoint)
+
+    def connect_out(self, endpoint: str) -> None:
+        self._connects.append(endpoint)
+
+    def setup(self) -> None:
+        """Create the sockets, bind and connect (raises zmq.ZMQError).  Called
+        by ``run()`` when not done before, in the thread that runs the loop."""
+        if self.pull is not None:
+            return
+        if self.ctx is None:
+            self.ctx = zmq.Context(1)
+        if self.curve is not None:  # the authenticator runs before anything is bound
+            self.curve.start(self.ctx)
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.push = self.ctx.socket(zmq.PUSH)
+        if self.curve is not None:
+            self.curve.server(self.pull)
+            self.curve.client(self.push)
+        self.pull.rcvhwm = self.zmq_buffer
+        self.pull.maxmsgsize = frame.MAX_FRAME
+        self.pull.linger = 0
+        self.push.sndhwm = self.zmq_buffer
+        self.push.linger = int(self.linger * 1000)
+        self.push.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        self.push.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
+        for ep in self._binds:
+            self.pull.bind(ep)
+        for ep in self._connects:
+            self.push.connect(ep)
+
+    # -- the core: one frame in, frames out ----------------------------------------
+    def handle(self, data, peer: str = "") -> None:
+        c = self.c
+        c["frames_in"] += 1
+        try:
+            f = frame.decode(data)
+        except frame.FrameError as e:
+            account_rejected(c, e, data, self.tracker)
+            self._warn.warning(f"malformed.{e.kind}", "rejected frame (%s): %s", e.kind, e,
+                               event="malformed_frame", peer=peer, size=len(data))
+            return
+        self.tracker.track(f)
+        c["packets_in"] += f.count
+        c["bytes_in"] += f.size - 16 * f.count
+        key = f.sender_id.encode()
+        if self.rc is None:
+            self._send(Output(key, f.count, f.size, f.records, frame.CODEC_NONE))
+        else:
+            for out in self.rc.offer(key, f.records, f.count):
+                self._send(out)
+
+    def tick(self, now: float | None = None) -> None:
+        """Send squashed frames whose delay is over."""
+        if self.rc is not None:
+            for out in self.rc.poll(now):
+                self._send(out)
+
+    def _send(self, out: Output) -> None:
+        c = self.c
+        try:
+            self.push.send(self.out.frame(out), zmq.NOBLOCK)
+        except zmq.Again:
+            c["dropped.queue_full"] += out.count
+            c["dropped.queue_full_frames"] += 1
+            self._warn.warning("queue_full", "output queue full: frames dropped",
+                               event="queue_full")
+            return
+        self.out.sent(out)
+        c["frames_out"] += 1
+        c["packets_out"] += out.count
+        c["bytes_out"] += out.raw_len - 16 * out.count
+
+    # -- the loop ----------------------------------------------------------------
+    def run(self, rt: runtime.Runtime | None = None) -> None:
+        try:
+            self.setup()
+        except BaseException as e:
+            self.error = e
+            self.ready.set()
+            raise
+        self.ready.set()
+        poller = zmq.Poller()
+        poller.register(self.pull, zmq.POLLIN)
+        pull = self.pull
+        while not self._stopping and not (rt is not None and rt.stopping):
+            timeout = rt.timeout(0.5) if rt is not None else 0.1
+            if self.rc is not None:
+                due = self.rc.timeout()
+                if due is not None:
+                    timeout = min(timeout, due)
+            if poller.poll(timeout * 1000):
+                for _ in range(256):
+                    try:
+                        msg = pull.recv(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self.handle(msg.buffer, _peer(msg))
+            now = time.monotonic()
+            self.tick(now)
+            if rt is not None:
+                rt.tick(now)
+        self.finish()
+
+    def finish(self, max_frames: int = 100000) -> None:
+        """At exit: handle what ZeroMQ already received, then send whatever
+        the rate controller still holds."""
+        if self.pull is None:
+            return
+        for _ in range(max_frames):
+            try:
+                msg = self.pull.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self.handle(msg.buffer, _peer(msg))
+        if self.rc is not None:
+            for out in self.rc.flush():
+                self._send(out)
+
+    def start(self) -> threading.Thread:
+        """Run in a new (daemon) thread; returns once the sockets are set up."""
+        self._thread = threading.Thread(target=self._run_quietly, name=f"relay-{self.mode}",
+                                        daemon=True)
+        self._thread.start()
+        self.ready.wait(10)
+        if self.error is not None:
+            raise self.error
+        return self._thread
+
+    def _run_quietly(self) -> None:
+        try:
+            self.run()
+        except zmq.ZMQError:
+            pass  # kept in self.error when it happened at set-up
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def join(self, timeout: float | None = 10.0) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def close(self) -> None:
+        for s in (self.pull, self.push):
+            if s is not None:
+                s.close()
+        if self.curve is not None:
+            self.curve.stop()
+        if self._own_ctx and self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None
+
+    def per_sender(self) -> dict:
+        return self.tracker.per_sender()
+
+
+def _peer(msg: zmq.Frame) -> str:
+    try:
+        return msg.get("Peer-Address") or ""
+    except zmq.ZMQError:
+        return ""
+
+
+# -- the commands ------------------------------------------------------------------
+
+_COMMON = [
+    Option("src", type=config.endpoint, metavar="SRC", required=True,
+           help="ZeroMQ endpoint to bind (PULL); senders or another relay connect to it"),
+    Option("dst", type=config.endpoint, metavar="DST", required=True,
+           help="ZeroMQ endpoint to PUSH frames to (a receiver or another relay)"),
+    Option("zmq_buffer", ("--zmq-buffer",), type=config.positive_int, default=50,
+           metavar="MSGS", help="frames queued on the way in and on the way out "
+           "(ZMQ_RCVHWM/ZMQ_SNDHWM); past it outgoing frames are dropped and counted"),
+    Option("zmq_linger", ("--zmq-linger",), type=config.nonneg_float, default=1.0, metavar="S",
+           help="at exit, wait this long for queued frames to leave"),
+]
+
+COMPRESS_OPTIONS = (_COMMON + ratecontrol.WATERMARK_OPTIONS + ratecontrol.COMPRESS_OPTIONS
+                    + security.RELAY_OPTIONS + config.LOG_OPTIONS + config.STATSD_OPTIONS)
+DECOMPRESS_OPTIONS = _COMMON + security.RELAY_OPTIONS + config.LOG_OPTIONS + config.STATSD_OPTIONS
+
+_DESCRIPTIONS = {
+    COMPRESS: "relay: frames from SRC, compressed above --lwm, the excess dropped above "
+              "--hwm, to DST",
+    DECOMPRESS: "relay: frames from SRC, compressed ones expanded, to DST",
+}
+
+
+def _main(mode: str, argv: list[str] | None) -> int:
+    prog = f"nflog-zmq-{mode}"
+    options = COMPRESS_OPTIONS if mode == COMPRESS else DECOMPRESS_OPTIONS
+    args = config.parse_args(prog, _DESCRIPTIONS[mode], options, argv)
+    runtime.setup_logging(mode, args)
+    counters = Counters()
+    rc = None
+    if mode == COMPRESS:
+        try:
+            rc = ratecontrol.from_options(args, counters)
+        except ValueError as e:
+            return runtime.fatal("%s", e)
+    try:  # a relay is a server on SRC and a client of DST: all three key options, or none
+        curve = security.Curve.from_args(args, counters, client=True, server=True)
+    except security.SecurityError as e:
+        return runtime.fatal("%s", e)
+    relay = Relay(mode, rc, counters, args.zmq_buffer, args.zmq_linger)
+    relay.curve = curve
+    relay.bind_in(args.src)
+    relay.connect_out(args.dst)
+    try:
+        relay.setup()
+    except zmq.ZMQError as e:
+        relay.close()
+        return runtime.fatal("cannot bind %s / connect %s: %s", args.src, args.dst, e)
+    rt = runtime.Runtime(mode, args, counters,
+                         gauges=lambda: {"pending_bytes": rc.pending_bytes if rc else 0})
+    rt.install_signals()
+    settings = ratecontrol.describe(rc) if rc else {}
+    log.info("started", extra={"event": "start", "src": args.src, "dst": args.dst,
+                               "instance": relay.out.instance, "curve": bool(curve), **settings})
+    try:
+        relay.run(rt)
+    finally:
+        relay.close()
+        rt.finish(senders=relay.per_sender(), instance=relay.out.instance)
+    return 0
+
+
+def compress_main(argv: list[str] | None = None) -> int:
+    return _main(COMPRESS, argv)
+
+
+def decompress_main(argv: list[str] | None = None) -> int:
+    return _main(DECOMPRESS, argv)
+

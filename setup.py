@@ -6,5 +6,6 @@ setup(
     cffi_modules=[
         "src/nflog_pipe/_native/build.py:nflog_ffi",
         "src/nflog_pipe/_native/build.py:records_ffi",
+        "src/nflog_pipe/_native/build.py:bpf_ffi",
     ],
 )

@@ -139,6 +139,10 @@ class PcapOutput:
     # -- writing -----------------------------------------------------------------
     def write(self, records: memoryview, count: int) -> bool:
         """Queue a validated record area; False if it was dropped."""
+        if not len(records):
+            # a valid empty frame: nothing to write (queued, writev would
+            # return 0 for it forever; found by tests/fuzz)
+            return True
         if not self.attached or self.pending_bytes + len(records) > self.max_pending:
             self.c["dropped.output"] += count
             return False

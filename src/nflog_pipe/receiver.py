@@ -4,6 +4,12 @@ Every frame is validated whole (``frame.decode``) before any of its records
 reaches the output; a rejected frame is logged (rate-limited per kind),
 counted and skipped, and the daemon goes on.  The loop never waits for the
 output: see ``output.PcapOutput``.
+
+With ``--buffer-interface`` every accepted frame is also kept in a ring of
+the last ``--buffer-window`` MiB (``ring.Ring``) that ``nflog-pcap-query``
+fetches (``query.QueryServer``, ``docs/query-protocol.md``); with ``--tap``
+it is also streamed to PCAP-over-IP clients (``tap.Tap``).  Both are served
+from this loop in bounded steps and never hold up the live output.
 """
 
 from __future__ import annotations
@@ -14,11 +20,15 @@ import time
 
 import zmq
 
-from . import config, frame, runtime
+from . import config, frame, runtime, security
 from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
 from .output import PcapOutput
+from .query import QueryServer, buffer_endpoint
+from .ring import Ring, tune_malloc
+from .tap import Tap, tap_endpoint
+from .tracking import StreamTracker, account_rejected
 
 log = logging.getLogger("nflog_pipe.receiver")
 SERVICE = "recv"
@@ -40,29 +50,49 @@ OPTIONS = [
            metavar="MSGS", help="frames ZeroMQ may queue on the way in (ZMQ_RCVHWM)"),
     Option("rate_control", ("--rate-control",), flag=True, default=False,
            help="accepted for old command lines; compressed frames are detected on their own"),
-] + config.LOG_OPTIONS + config.STATSD_OPTIONS
-
-
-class SenderTrack:
-    """Sequence tracking of one sender instance: gaps are transit losses."""
-
-    __slots__ = ("next_pkt", "next_seq", "packets", "lost")
-
-    def __init__(self, f: frame.Frame):
-        self.next_pkt = f.pkt_seq
-        self.next_seq = f.seq
-        self.packets = 0
-        self.lost = 0
+    Option("buffer_interface", ("--buffer-interface",), type=buffer_endpoint,
+           metavar="ENDPOINT", help="keep the last --buffer-window MiB of traffic and serve it "
+           "to nflog-pcap-query on this ZeroMQ endpoint (a bare port means tcp://127.0.0.1:PORT)"
+           "; no authentication yet: bind to loopback or a trusted network"),
+    Option("buffer_window", ("--buffer-window",), type=config.positive_float, default=64.0,
+           metavar="MiB", help="size of the traffic buffer in pcap bytes (a hard bound); the "
+           "oldest packets are evicted (counted as dropped.evicted)"),
+    Option("buffer_timeout", ("--buffer-timeout",), type=config.positive_float, default=1.0,
+           metavar="S", help="forget a query whose client takes nothing for S seconds"),
+    Option("buffer_clients", ("--buffer-clients",), type=config.positive_int, default=4,
+           metavar="N", help="queries served at once; more are refused as busy"),
+    Option("buffer_rate", ("--buffer-rate",), type=config.nonneg_float, default=256.0,
+           metavar="MiB/s", help="queries together send at most this much (0: no limit), so "
+           "that they leave the CPU to the live traffic on a busy host"),
+    Option("tap", ("--tap",), type=tap_endpoint, metavar="ENDPOINT",
+           help="stream the live traffic to PCAP-over-IP clients (Wireshark TCP@host:port) on "
+           "this TCP endpoint: tcp://HOST:PORT, HOST:PORT or PORT (127.0.0.1); no "
+           "authentication yet"),
+    Option("tap_buffer", ("--tap-buffer",), type=config.positive_float, default=4.0,
+           metavar="MiB", help="how far a tap client may fall behind before it is "
+           "disconnected (counted as dropped.tap_slow)"),
+    Option("tap_clients", ("--tap-clients",), type=config.positive_int, default=16,
+           metavar="N", help="tap clients served at once; more are refused"),
+    Option("insecure_bind", ("--insecure-bind",), flag=True, default=False,
+           help="allow --buffer-interface without CURVE, and --tap (which has no "
+           "authentication), on addresses other than loopback"),
+] + security.SERVER_OPTIONS + config.LOG_OPTIONS + config.STATSD_OPTIONS
 
 
 class Receiver:
     """Frame handling, independent of the socket loop (tests drive it)."""
 
-    def __init__(self, output: PcapOutput, counters: Counters):
+    def __init__(self, output: PcapOutput, counters: Counters, ring: Ring | None = None,
+                 tap: Tap | None = None):
         self.output = output
         self.c = counters
-        self.senders: dict[tuple[str, int], SenderTrack] = {}
+        self.ring = ring
+        self.tap = tap
         self._warn = RateLimited(log, 10.0)
+        self.tracker = StreamTracker(counters, log, self._warn)
+        self.senders = self.tracker.streams
+        self._track = self.tracker.track
+        self.per_sender = self.tracker.per_sender
         for k in ("frames_in", "packets_in", "bytes_in", "dropped.malformed",
                   "dropped.malformed_frames", "dropped.transit"):
             self.c.setdefault(k, 0)
@@ -73,11 +103,8 @@ class Receiver:
         try:
             f = frame.decode(data)
         except frame.FrameError as e:
-            c["dropped.malformed_frames"] += 1
-            if e.count and e.kind not in ("magic", "short", "oversize", "count", "length"):
-                # the header was intact: these packets are known lost
-                c["packets_in"] += e.count
-                c["dropped.malformed"] += e.count
+            # counted once: as malformed, and the sender's stream moves past it
+            account_rejected(c, e, data, self.tracker)
             self._warn.warning(f"malformed.{e.kind}", "rejected frame (%s): %s", e.kind, e,
                                event="malformed_frame", peer=peer, size=len(data))
             return None
@@ -85,53 +112,32 @@ class Receiver:
         c["packets_in"] += f.count
         c["bytes_in"] += f.size - 16 * f.count
         self.output.write(f.records, f.count)
+        if self.ring is not None:
+            self.ring.append(f.records, f.count)
+        if self.tap is not None and self.tap.clients:
+            self.tap.write(f.records, f.count)
         return f
 
-    def _track(self, f: frame.Frame) -> None:
-        key = (f.sender_id, f.instance)
-        t = self.senders.get(key)
-        if t is None:
-            t = self.senders[key] = SenderTrack(f)
-            log.info("new sender %s (instance %08x)", f.sender_id, f.instance,
-                     extra={"event": "sender_new", "sender_id": f.sender_id,
-                            "instance": f.instance, "seq": f.seq})
-        elif f.pkt_seq != t.next_pkt:
-            if f.pkt_seq > t.next_pkt:
-                gap = f.pkt_seq - t.next_pkt
-                t.lost += gap
-                self.c["packets_in"] += gap
-                self.c["dropped.transit"] += gap
-                self._warn.warning(f"transit.{f.sender_id}", "%d packets from %s lost in transit",
-                                   gap, f.sender_id, event="transit_loss",
-                                   sender_id=f.sender_id, frames=f.seq - t.next_seq)
-            else:
-                self._warn.warning(f"reorder.{f.sender_id}", "frame from %s out of order",
-                                   f.sender_id, event="reorder", sender_id=f.sender_id)
-        t.next_pkt = f.pkt_seq + f.count
-        t.next_seq = f.seq + 1
-        t.packets += f.count
-
-    def per_sender(self) -> dict:
-        return {f"{sid}/{inst:08x}": {"packets": t.packets, "transit_lost": t.lost}
-                for (sid, inst), t in self.senders.items()}
 
 
-def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput) -> Receiver:
-    recv = Receiver(output, rt.counters)
+def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput,
+        ring: Ring | None = None, queries: QueryServer | None = None,
+        tap: Tap | None = None) -> Receiver:
+    recv = Receiver(output, rt.counters, ring, tap)
     poller = zmq.Poller()
-    poller.register(pull, zmq.POLLIN)
-    out_registered = None
+    registered: dict = {}
     next_check = 0.0
     while not rt.stopping:
-        fd = output.fd if output.wants_write else None
-        if fd != out_registered:
-            if out_registered is not None:
-                poller.unregister(out_registered)
-            if fd is not None:
-                poller.register(fd, zmq.POLLOUT)
-            out_registered = fd
+        registered = _sync_poller(poller, registered, _poll_set(pull, output, queries, tap))
         interval = args.fifo_retry if not output.attached else 0.25
-        events = dict(poller.poll(min(rt.timeout(0.5), interval) * 1000))
+        wait = min(rt.timeout(0.5), interval)
+        if queries is not None:
+            if queries.busy:
+                wait = 0.0
+            elif (deadline := queries.next_deadline()) is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic() + 0.01))
+        events = dict(poller.poll(wait * 1000))
+        backlog = False
         if pull in events:
             for _ in range(256):
                 try:
@@ -139,8 +145,16 @@ def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput) -> Rece
                 except zmq.Again:
                     break
                 recv.handle(msg.buffer, _peer(msg))
+            else:
+                backlog = True  # more frames waiting: the live path is saturated
         if output.wants_write:
             output.flush()
+        if queries is not None:
+            if queries.sock in events:
+                queries.readable()
+            queries.work(busy_live=backlog)
+        if tap is not None:
+            _tap_events(tap, events)
         now = time.monotonic()
         if now >= next_check:
             if output.attached:
@@ -152,6 +166,43 @@ def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput) -> Rece
             rt.stop("output closed")
         rt.tick(now)
     return recv
+
+
+def _poll_set(pull: zmq.Socket, output: PcapOutput, queries: QueryServer | None,
+              tap: Tap | None) -> dict:
+    """What the loop waits for, built afresh each turn (file descriptors of
+    closed tap clients may come back as the FIFO's)."""
+    want: dict = {pull: zmq.POLLIN}
+    if queries is not None:
+        want[queries.sock] = zmq.POLLIN
+    if tap is not None:
+        want[tap.fd] = zmq.POLLIN
+        for fd, wants_write in tap.poll_items():
+            want[fd] = zmq.POLLIN | (zmq.POLLOUT if wants_write else 0)
+    if output.wants_write:
+        want[output.fd] = want.get(output.fd, 0) | zmq.POLLOUT
+    return want
+
+
+def _sync_poller(poller: zmq.Poller, registered: dict, want: dict) -> dict:
+    for item in registered:
+        if item not in want:
+            poller.unregister(item)
+    for item, flags in want.items():
+        if registered.get(item) != flags:
+            poller.register(item, flags)
+    return want
+
+
+def _tap_events(tap: Tap, events: dict) -> None:
+    for item, ev in events.items():
+        if item == tap.fd:
+            tap.accept()
+        elif isinstance(item, int) and item in tap.clients:
+            if ev & (zmq.POLLIN | zmq.POLLERR):
+                tap.readable(item)
+            if ev & zmq.POLLOUT:
+                tap.writable(item)
 
 
 def _peer(msg: zmq.Frame) -> str:
@@ -168,11 +219,28 @@ def main(argv: list[str] | None = None) -> int:
         log.info("--rate-control is no longer needed: compressed frames are detected")
     counters = Counters()
     try:
+        curve = security.Curve.from_args(args, counters, client=False, server=True)
+    except security.SecurityError as e:
+        return runtime.fatal("%s", e)
+    if not args.insecure_bind:
+        if args.buffer_interface and not curve and not security.is_loopback(args.buffer_interface):
+            return runtime.fatal("--buffer-interface %s is not loopback and has no CURVE keys: "
+                                 "anyone reaching it could read the buffered traffic (give "
+                                 "--curve-secret-key/--curve-allow, or --insecure-bind)",
+                                 args.buffer_interface)
+        if args.tap and not security.is_loopback(f"tcp://{args.tap[0]}:{args.tap[1]}"):
+            return runtime.fatal("--tap %s:%d is not loopback: PCAP-over-IP clients cannot "
+                                 "authenticate (use an SSH tunnel, or --insecure-bind)", *args.tap)
+    try:
         output = PcapOutput(args.dst, counters, int(args.output_buffer * 2**20), args.fifo_create)
     except OSError as e:
         return runtime.fatal("cannot use output %s: %s", args.dst, e.strerror or e)
     ctx = zmq.Context(1)
+    if curve:  # the authenticator runs before anything is bound
+        curve.start(ctx)
     pull = ctx.socket(zmq.PULL)
+    if curve:
+        curve.server(pull)
     pull.rcvhwm = args.zmq_buffer
     pull.maxmsgsize = frame.MAX_FRAME
     pull.linger = 0
@@ -180,17 +248,60 @@ def main(argv: list[str] | None = None) -> int:
         pull.bind(args.src)
     except zmq.ZMQError as e:
         return runtime.fatal("cannot bind %s: %s", args.src, e)
-    rt = runtime.Runtime(SERVICE, args, counters,
-                         gauges=lambda: {"output_pending_bytes": output.pending_bytes})
+    ring = queries = tap = None
+    if args.buffer_interface:
+        ring = Ring(int(args.buffer_window * 2**20), counters)
+        tune_malloc()
+        router = ctx.socket(zmq.ROUTER)
+        if curve:
+            curve.server(router)
+        QueryServer.configure(router)
+        try:
+            router.bind(args.buffer_interface)
+        except zmq.ZMQError as e:
+            router.close()
+            pull.close()
+            return runtime.fatal("cannot bind --buffer-interface %s: %s", args.buffer_interface, e)
+        queries = QueryServer(router, ring, counters, args.buffer_timeout, args.buffer_clients,
+                              args.buffer_rate * 2**20)
+    if args.tap:
+        try:
+            tap = Tap(args.tap, counters, int(args.tap_buffer * 2**20), args.tap_clients)
+        except OSError as e:
+            if queries is not None:
+                queries.sock.close()
+            pull.close()
+            return runtime.fatal("cannot listen on --tap %s:%d: %s", *args.tap, e.strerror or e)
+
+    def gauges() -> dict:
+        g = {"output_pending_bytes": output.pending_bytes}
+        if ring is not None:
+            g.update(buffer_bytes=ring.bytes, buffer_packets=ring.records,
+                     query_active=len(queries.transfers))
+        if tap is not None:
+            g["tap_clients"] = len(tap.clients)
+        return g
+
+    rt = runtime.Runtime(SERVICE, args, counters, gauges=gauges)
     rt.install_signals()
     log.info("started", extra={"event": "start", "src": args.src, "dst": args.dst,
-                               "output": output.kind})
+                               "output": output.kind, "buffer_interface": args.buffer_interface,
+                               "curve": bool(curve),
+                               "buffer_window_bytes": ring.window if ring else None,
+                               "tap": f"{tap.address[0]}:{tap.address[1]}" if tap else None})
     recv = None
     try:
-        recv = run(args, rt, pull, output)
+        recv = run(args, rt, pull, output, ring, queries, tap)
     finally:
         output.close()
+        if queries is not None:
+            queries.close()
+            queries.sock.close()
+        if tap is not None:
+            tap.close()
         pull.close()
+        if curve:
+            curve.stop()
         ctx.term()
         rt.finish(senders=recv.per_sender() if recv else {})
     return 0

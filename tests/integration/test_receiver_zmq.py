@@ -120,3 +120,20 @@ def test_json_logs_carry_service_and_totals_on_sigterm(tmp_path):
     assert totals["service"] == "recv" and totals["level"] == "INFO"
     assert totals["reason"] == "SIGTERM" and "packets_in" in totals["counters"]
     assert all(not r.get("unparsed") for r in d.records())
+
+
+def test_rejected_frame_counted_once_not_again_as_transit(tmp_path, push):
+    """A frame whose header is intact but whose records are bad: its packets
+    count as malformed, and the next frame of that sender is no transit gap."""
+    d, ep, out = start(tmp_path)
+    s = push(ep)
+    s.send(frame.encode("a", 1, 0, 0, 2, area(2)))
+    bad = bytearray(frame.encode("a", 1, 1, 2, 3, area(3)))
+    bad[frame.HEADER_SIZE + 1 + 8] = 0xFF  # first record's caplen beyond the area
+    s.send(bytes(bad))
+    s.send(frame.encode("a", 1, 2, 5, 1, area(1)))
+    wait_until(lambda: last_counters(d).get("packets_out") == 3, what="3 records")
+    c = d.stop()["counters"]
+    assert c["dropped.malformed"] == 3 and c["dropped.malformed_frames"] == 1
+    assert c["dropped.transit"] == 0
+    assert c["packets_in"] == 6 == c["packets_out"] + c["dropped.malformed"]

@@ -1,0 +1,279 @@
+"""QueryServer on a real ROUTER socket (loopback TCP), driven by a loop like
+the receiver's in a thread; clients are query.fetch and raw DEALER sockets."""
+
+import json
+import threading
+import time
+
+import pytest
+import zmq
+
+from nflog_pipe import pcap, query, ring
+from nflog_pipe.metrics import Counters
+
+RECORDS = [pcap.record(1_700_000_000 + i // 1000, i % 1000, b"\x45" + bytes(200 + i % 900))
+           for i in range(12000)]  # ~7 MiB
+WHOLE = pcap.GLOBAL_HEADER_BYTES + b"".join(RECORDS)
+
+
+class Server:
+    def __init__(self, timeout=0.5, max_queries=4, rate=0.0):
+        self.ctx = zmq.Context()
+        self.c = Counters()
+        self.ring = ring.Ring(64 << 20, self.c)
+        for i in range(0, len(RECORDS), 100):
+            chunk = RECORDS[i : i + 100]
+            self.ring.append(memoryview(b"".join(chunk)), len(chunk))
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        query.QueryServer.configure(self.sock)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.srv = query.QueryServer(self.sock, self.ring, self.c, timeout, max_queries, rate)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self):
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while not self.stop.is_set():
+            wait = 0.0 if self.srv.busy else 0.02
+            if not self.srv.busy and (due := self.srv.next_deadline()) is not None:
+                wait = max(0.0, min(wait, due - time.monotonic()))
+            events = dict(poller.poll(wait * 1000))
+            if self.sock in events:
+                self.srv.readable()
+            self.srv.work()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(10)
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+class Buf(bytearray):
+    def write(self, data):
+        self += data
+
+
+def wait_for(cond, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def raw_client(ctx, endpoint):
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    s.connect(endpoint)
+    return s
+
+
+def test_whole_buffer(server):
+    out = Buf()
+    header = query.fetch(server.endpoint, query.Request(), out, 20)
+    assert bytes(out) == WHOLE
+    assert header["records"] == len(RECORDS) and header["bytes"] == len(WHOLE)
+    wait_for(lambda: server.c["query.served"] == 1, what="served count")
+    assert server.c["query.bytes_out"] == len(WHOLE)
+
+
+def test_several_clients_at_once(server):
+    results, errors = {}, []
+
+    def one(i):
+        out = Buf()
+        try:
+            query.fetch(server.endpoint, query.Request(credit=1 + i), out, 30)
+        except Exception as e:  # reported below
+            errors.append(e)
+        results[i] = bytes(out)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert all(results[i] == WHOLE for i in range(4))
+    assert server.c["query.served"] == 4
+
+
+def test_narrowed_request(server):
+    out = Buf()
+    since = 1_700_000_003.0
+    query.fetch(server.endpoint, query.Request(since=since, until=since + 2,
+                                               max_bytes=100_000), out, 20)
+    _, recs = pcap.parse(bytes(out))
+    inside = [r for r in RECORDS[3000:5000]]
+    expect = []
+    total = 24
+    for r in reversed(inside):
+        if total + len(r) > 100_000:
+            break
+        expect.append(r)
+        total += len(r)
+    assert bytes(out) == pcap.GLOBAL_HEADER_BYTES + b"".join(reversed(expect))
+    assert all(since <= r.ts < since + 2 for r in recs)
+
+
+def test_errors_come_back_to_the_client(server):
+    for req, words in [(query.Request(filter="udp and port"), "syntax error"),
+                       (query.Request(since=10, until=5), "not before until")]:
+        with pytest.raises(query.QueryFailed) as e:
+            query.fetch(server.endpoint, req, Buf(), 10)
+        assert words in str(e.value)
+    s = raw_client(server.ctx, server.endpoint)
+    try:
+        s.send_multipart([b"query", b'{"last": "yesterday"}'])
+        kind, body = s.recv_multipart()
+        assert kind == b"error" and json.loads(body)["kind"] == "request"
+        s.send_multipart([b"hello"])
+        kind, body = s.recv_multipart()
+        assert kind == b"error" and "not a query protocol message" in json.loads(body)["error"]
+    finally:
+        s.close()
+    assert server.c["query.refused"] == 4
+    # the server still answers
+    out = Buf()
+    query.fetch(server.endpoint, query.Request(), out, 20)
+    assert bytes(out) == WHOLE
+
+
+def test_client_that_takes_nothing_times_out(server):
+    s = raw_client(server.ctx, server.endpoint)
+    try:
+        s.send_multipart([b"query", b'{"credit": 1}'])
+        assert s.recv_multipart()[0] == b"header"
+        assert s.recv_multipart()[0] == b"data"   # the pcap header, then no more credit
+        wait_for(lambda: server.c["query.timeouts"] == 1, what="the timeout")
+        assert not server.srv.transfers
+    finally:
+        s.close()
+
+
+def test_client_that_vanishes_mid_transfer(server):
+    s = raw_client(server.ctx, server.endpoint)
+    s.send_multipart([b"query", b'{"credit": 2}'])
+    assert s.recv_multipart()[0] == b"header"
+    s.recv_multipart()
+    s.close()  # gone, with the transfer half done
+    wait_for(lambda: not server.srv.transfers, what="the transfer to be forgotten")
+    assert server.c["query.timeouts"] + server.c["query.aborted"] == 1
+    out = Buf()
+    query.fetch(server.endpoint, query.Request(), out, 20)
+    assert bytes(out) == WHOLE
+
+
+def test_credit_after_vanishing_is_an_abort(server):
+    s = raw_client(server.ctx, server.endpoint)
+    s.send_multipart([b"query", b'{"credit": 1}'])
+    s.recv_multipart(), s.recv_multipart()
+    s.send_multipart([b"more", b"64"])
+    s.close(linger=2000)  # the credit goes out, then the client is gone
+    wait_for(lambda: not server.srv.transfers, what="the transfer to be forgotten")
+    assert server.c["query.aborted"] + server.c["query.served"] == 1
+
+
+def test_cancel(server):
+    s = raw_client(server.ctx, server.endpoint)
+    try:
+        s.send_multipart([b"query", b'{"credit": 1}'])
+        s.recv_multipart(), s.recv_multipart()
+        s.send_multipart([b"cancel"])
+        wait_for(lambda: server.c["query.aborted"] == 1, what="the cancel")
+        assert not server.srv.transfers
+    finally:
+        s.close()
+
+
+def test_busy_when_too_many_queries():
+    srv = Server(timeout=30, max_queries=1)
+    try:
+        s = raw_client(srv.ctx, srv.endpoint)
+        s.send_multipart([b"query", b'{"credit": 1}'])
+        assert s.recv_multipart()[0] == b"header"
+        with pytest.raises(query.QueryFailed) as e:
+            query.fetch(srv.endpoint, query.Request(), Buf(), 10)
+        assert "busy" in str(e.value)
+        s.close()
+    finally:
+        srv.close()
+
+
+def test_oversized_message_does_not_reach_the_server(server):
+    s = raw_client(server.ctx, server.endpoint)
+    try:
+        s.send_multipart([b"query", b" " * (query.MAX_REQUEST + 4096)])
+        assert not s.poll(500)  # libzmq drops the connection (ZMQ_MAXMSGSIZE)
+    finally:
+        s.close()
+    out = Buf()
+    query.fetch(server.endpoint, query.Request(), out, 20)
+    assert bytes(out) == WHOLE
+    assert server.c["query.requests"] == 1
+
+
+def test_no_receiver_is_a_clear_error():
+    with pytest.raises(query.QueryFailed) as e:
+        query.fetch("tcp://127.0.0.1:1", query.Request(), Buf(), 0.3)
+    assert "no answer from tcp://127.0.0.1:1" in str(e.value)
+
+
+def test_live_backlog_gets_priority():
+    """While the live path has a backlog, a transfer sends one message per
+    loop turn instead of a burst."""
+    ctx = zmq.Context()
+    c = Counters()
+    r = ring.Ring(64 << 20, c)
+    r.append(memoryview(b"".join(RECORDS)), len(RECORDS))
+    router = ctx.socket(zmq.ROUTER)
+    query.QueryServer.configure(router)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    srv = query.QueryServer(router, r, c, timeout=30)
+    client = raw_client(ctx, f"tcp://127.0.0.1:{port}")
+    try:
+        client.send_multipart([b"query", b'{"credit": 64}'])
+        wait_for(lambda: router.poll(10) != 0, what="the request")
+        srv.readable()
+        t = next(iter(srv.transfers.values()))
+        while t.state == "plan":
+            t.plan()
+        for busy in (True, True, False):
+            srv.work(busy_live=busy)
+        kinds = []
+        while client.poll(200):
+            kinds.append(client.recv_multipart()[0])
+        # busy, busy: header, pcap header; then a burst of 4 data messages
+        assert kinds == [b"header", b"data"] + [b"data"] * srv.BURST
+    finally:
+        client.close()
+        router.close(linger=0)
+        ctx.term()
+
+
+def test_rate_limit_slows_queries_without_timing_them_out():
+    """--buffer-rate: 7 MiB at 10 MiB/s (4 MiB burst) takes at least 0.3 s;
+    waiting for the rate limit is not the client's fault (timeout 0.1 s)."""
+    srv = Server(timeout=0.1, rate=10 * 2**20)
+    try:
+        out = Buf()
+        t = time.monotonic()
+        query.fetch(srv.endpoint, query.Request(), out, 30)
+        elapsed = time.monotonic() - t
+        assert bytes(out) == WHOLE
+        assert elapsed >= (len(WHOLE) - query.QueryServer.RATE_BURST) / (10 * 2**20) - 0.05
+        wait_for(lambda: srv.c["query.served"] == 1, what="served")
+        assert srv.c["query.timeouts"] == 0
+    finally:
+        srv.close()

@@ -25,9 +25,6 @@ class Counters(dict):
     def add(self, name: str, n: int = 1) -> None:
         self[name] = self.get(name, 0) + n
 
-    def dropped(self) -> int:
-        return sum(v for k, v in self.items() if k.startswith("dropped.") and not k.endswith("_frames"))
-
 
 class StatsdReporter:
     def __init__(self, address: tuple[str, int], prefix: str, service: str,

@@ -17,7 +17,7 @@ import time
 
 import zmq
 
-from . import config, frame, privs, ratecontrol, runtime
+from . import config, frame, privs, ratecontrol, runtime, security
 from .config import Option
 from .metrics import Counters
 from .nflog import NflogError, NflogReader, QthreshPolicy
@@ -64,8 +64,8 @@ OPTIONS = [
     Option("rate_control", ("--rate-control",), flag=True, default=False,
            help="rate control in this process: compress above --lwm, drop the excess above "
            "--hwm (docs/rate-control.md); the receiver detects compressed frames on its own"),
-] + ratecontrol.WATERMARK_OPTIONS + ratecontrol.COMPRESS_OPTIONS + config.LOG_OPTIONS \
-    + config.STATSD_OPTIONS
+] + ratecontrol.WATERMARK_OPTIONS + ratecontrol.COMPRESS_OPTIONS + security.CLIENT_OPTIONS \
+    + config.LOG_OPTIONS + config.STATSD_OPTIONS
 
 
 class Sender:
@@ -96,14 +96,19 @@ class Sender:
         self.rc = rc
         if rc is not None:
             self._send = self._send_controlled
+        self.waiting = False  # a batch ZeroMQ could not take yet
 
     def pump(self) -> None:
-        """Drain the netlink socket, one frame per batch."""
+        """Drain the netlink socket, one frame per batch.  While ZeroMQ's
+        queue is full, the batch keeps growing (up to --batch-size) and goes
+        out when the socket can take it: small frames coalesce instead of
+        being dropped; a full batch that still finds the queue full is
+        dropped and counted."""
         while True:
             status = self.reader.read()
             self._account_kernel()
             if self.reader.count:
-                self._send()
+                self._send(status == 1)
             if status == 0:
                 break
         if self.qpolicy:
@@ -143,7 +148,7 @@ class Sender:
             c.add("netlink_errors", b.nl_errors - seen["nl_errors"])
             seen["malformed"], seen["nl_errors"] = b.malformed, b.nl_errors
 
-    def _send(self) -> None:
+    def _send(self, must: bool = True) -> None:
         r = self.reader
         count, raw_len = r.count, r.batch.len
         buf = r.frame()
@@ -153,6 +158,9 @@ class Sender:
         try:
             self.sock.send(buf, zmq.NOBLOCK)
         except zmq.Again:
+            if not must:  # keep the batch; more records join it, POLLOUT retries
+                self.waiting = True
+                return
             self.c["dropped.queue_full"] += count
             self.c.add("dropped.queue_full_frames")
         else:
@@ -161,10 +169,11 @@ class Sender:
             self.c["packets_out"] += count
             self.c["bytes_out"] += raw_len - count * 16
             self.c["frames_out"] += 1
+        self.waiting = False
         r.reset()
 
     # -- with --rate-control: the batch goes through the controller ----------------
-    def _send_controlled(self) -> None:
+    def _send_controlled(self, must: bool = True) -> None:
         r = self.reader
         buf = r.frame()
         for out in self.rc.offer(self.sid, buf[r.header_room :], r.count):
@@ -174,10 +183,11 @@ class Sender:
     def _emit(self, out: ratecontrol.Output, batch: memoryview | None = None) -> None:
         if out.codec == frame.CODEC_NONE:
             # the batch itself, passed on: its header is packed in place
+            # (all of it, or its leading records when --hwm cut it)
             frame.HEADER.pack_into(batch, 0, frame.MAGIC, frame.VERSION, 0, frame.CODEC_NONE,
                                    len(self.sid), self.instance, out.count, self.seq,
                                    self.pkt_seq, out.raw_len, out.raw_len)
-            data = batch
+            data = batch[: self.reader.header_room + out.raw_len]
         else:
             data = frame.pack_header(self.sid, self.instance, self.seq, self.pkt_seq, out.count,
                                      out.raw_len, len(out.payload), frame.FLAG_COMPRESSED,
@@ -206,11 +216,18 @@ class Sender:
         poller = zmq.Poller()
         poller.register(self.reader.fd, zmq.POLLIN)
         rc = self.rc
+        polling_out = False
         while not self.rt.stopping:
+            if self.waiting != polling_out:
+                poller.modify(self.sock, zmq.POLLOUT) if self.waiting else poller.unregister(self.sock)
+                polling_out = self.waiting
             timeout = self.rt.timeout(0.5 if not self.qpolicy else 0.1)
             if rc is not None:
                 timeout = self._rc_timeout(timeout)
-            if poller.poll(timeout * 1000):
+            events = dict(poller.poll(timeout * 1000))
+            if self.sock in events and self.waiting:
+                self._send(False)
+            if self.reader.fd in events:
                 self.pump()
             elif self.qpolicy:
                 self._adapt(time.monotonic())
@@ -218,6 +235,8 @@ class Sender:
                 self._rc_due()
             self.rt.tick()
         self.pump()  # whatever the kernel already handed over
+        if self.waiting:
+            self._send(True)
         if rc is not None:
             for out in rc.flush():
                 self._emit(out)
@@ -245,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
             rc = ratecontrol.from_options(args, counters)
         except ValueError as e:
             return runtime.fatal("%s", e)
+    try:  # keys are read now, while the files are still readable
+        curve = security.Curve.from_args(args, counters, client=True, server=False)
+    except security.SecurityError as e:
+        return runtime.fatal("%s", e)
     timeout_cs = round(args.libnflog_timeout * 100)
     adaptive = args.libnflog_qthresh == "auto"
     try:
@@ -275,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     sock.linger = int(args.zmq_linger * 1000)
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
     sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
+    if curve:
+        curve.client(sock)
     try:
         sock.connect(args.dst)
     except zmq.ZMQError as e:
@@ -287,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("started", extra={"event": "start", "groups": args.groups, "dst": args.dst,
                                "sender_id": sender_id.decode(), "instance": sender.instance,
                                "rcvbuf": reader.rcvbuf, "qthresh": args.libnflog_qthresh,
-                               "qthresh_controller_pid": reader._ctl_pid or None, **who,
+                               "qthresh_controller_pid": reader._ctl_pid or None,
+                               "curve": bool(curve), **who,
                                "rate_control": ratecontrol.describe(rc) if rc else False})
     try:
         sender.run()

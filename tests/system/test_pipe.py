@@ -5,7 +5,7 @@ veth link, a real FIFO and real readers."""
 import time
 
 from conftest import make_payloads, payload_file
-from lab import run, send_udp, wait_until
+from lab import FifoReader, run, send_udp, wait_until
 from nflogref import nflog_payloads, udp_payload
 
 from nflog_pipe import pcap
@@ -184,13 +184,17 @@ def _recv_counter(pipe, name):
 
 def test_receiver_down_sender_survives_and_counts(pipe, tmp_path):
     pipe.nflog_rule(6, PORT4)
-    sender = pipe.start_sender("6", "--zmq-buffer", "3", "--libnflog-qthresh", "1")
-    # receiver down: 3 frames queue, the rest are dropped and counted
-    sent = send_udp(pipe.gw, pipe.link.b4, PORT4, payload_file(tmp_path / "a", [b"early"] * 10),
-                    pace=1)
+    sender = pipe.start_sender("6", "--zmq-buffer", "3", "--batch-size", "4",
+                               "--libnflog-qthresh", "1")
+    # receiver down: 3 frames queue, one more batch (4 KiB) waits, the rest
+    # is dropped and counted
+    sent = send_udp(pipe.gw, pipe.link.b4, PORT4,
+                    payload_file(tmp_path / "a", [b"early" * 100] * 200), pace=1)
     time.sleep(0.5)
+    # the reader waits on the FIFO first, so the queued frames find it attached
+    reader = FifoReader(pipe.fifo)
     pipe.start_receiver("--stats-interval", "0.2")
-    reader = pipe.reader()
+    reader.opened.wait(10)
     wait_until(lambda: _recv_counter(pipe, "packets_in"), what="receiver stats")
     send_udp(pipe.gw, pipe.link.b4, PORT4, payload_file(tmp_path / "b", [b"late"] * 5), pace=1)
     wait_until(lambda: _count(reader) >= 5, what="late records")
@@ -198,7 +202,7 @@ def test_receiver_down_sender_survives_and_counts(pipe, tmp_path):
     s = sender.stop()["counters"]
     rt = pipe.receiver.stop()["counters"]
     recs = pcap.parse(reader.close())[1]
-    early = [r for r in recs if udp_payload(r.data) == b"early"]
+    early = [r for r in recs if udp_payload(r.data) == b"early" * 100]
     assert s["packets_in"] == sent + 5
     assert s["dropped.queue_full"] > 0
     assert len(early) + s["dropped.queue_full"] == sent

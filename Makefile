@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install deps test unit integration system demo bench lint clean images up down
+.PHONY: install deps test unit integration system demo bench fuzz lint clean images up down docker-ready
 
 # As root, the Debian packages come first (compiler, libnetfilter_log, iptables,
 # tcpdump, tshark, Suricata); then a virtualenv with the package and its commands.
@@ -41,8 +41,29 @@ demo: install
 bench: install
 	$(BIN)/python bench/bench.py
 
+# Coverage-guided fuzzing campaign (atheris), FUZZ_RUNS inputs per target (docs/fuzzing.md)
+FUZZ_RUNS ?= 1000000
+FUZZ_TARGETS ?=
+fuzz: install
+	$(BIN)/python bench/fuzz.py --runs $(FUZZ_RUNS) $(if $(FUZZ_TARGETS),--targets $(FUZZ_TARGETS))
+
 lint: install
 	$(BIN)/ruff check src tests bench
 
+# Containers (docs/deployment.md).  As root, the Docker engine and the base
+# image are set up first (no registry here: debian:bookworm-slim is built
+# with debootstrap when it cannot be pulled).
+docker-ready:
+	@if [ "$$(id -u)" = 0 ]; then tools/docker/ensure-engine.sh && tools/docker/ensure-base-image.sh; fi
+
+images: docker-ready
+	docker compose --profile relays --profile tools build
+
+up: images
+	docker compose up -d --wait
+
+down:
+	docker compose --profile '*' down
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info src/nflog_pipe/_nflog.* src/nflog_pipe/_records.*
+	rm -rf $(VENV) build src/*.egg-info src/nflog_pipe/_nflog.* src/nflog_pipe/_records.* src/nflog_pipe/_bpf.*

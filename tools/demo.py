@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-RULES = ROOT / "services" / "ids" / "rules" / "nflog-pipe-demo.rules"
+RULES = ROOT / "services" / "ids" / "rules" / "nflog-pipe.rules"
 GW, IDS = f"nzpdemo-gw-{os.getpid()}", f"nzpdemo-ids-{os.getpid()}"
 GW4, IDS4, GW6, IDS6 = "10.77.7.1", "10.77.7.2", "fd00:77:7::1", "fd00:77:7::2"
 

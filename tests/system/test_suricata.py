@@ -11,7 +11,7 @@ import sys
 from conftest import payload_file
 from lab import ROOT, send_udp, wait_until
 
-RULES = ROOT / "services" / "ids" / "rules" / "nflog-pipe-demo.rules"
+RULES = ROOT / "services" / "ids" / "rules" / "nflog-pipe.rules"
 
 TCP_SERVER = """
 import socket, sys
@@ -69,11 +69,11 @@ def test_suricata_alerts_on_traffic_through_the_pipe(pipe, tmp_path):
     server.wait(30)
 
     eve = logdir / "eve.json"
-    alerts = wait_until(lambda: {9100001, 9100002, 9100003} <= set(_alerts(eve)) and _alerts(eve),
-                        timeout=60, what="Suricata alerts 9100001-3")
-    assert alerts[9100001]["dest_port"] == 7200 and alerts[9100001]["src_ip"] == pipe.link.a4
-    assert ipaddress.ip_address(alerts[9100002]["src_ip"]) == ipaddress.ip_address(pipe.link.a6)
-    assert alerts[9100003]["dest_port"] == 7100
+    alerts = wait_until(lambda: {9000020, 9000021, 9000022} <= set(_alerts(eve)) and _alerts(eve),
+                        timeout=60, what="Suricata alerts 9000020-22")
+    assert alerts[9000020]["dest_port"] == 7200 and alerts[9000020]["src_ip"] == pipe.link.a4
+    assert ipaddress.ip_address(alerts[9000021]["src_ip"]) == ipaddress.ip_address(pipe.link.a6)
+    assert alerts[9000022]["dest_port"] == 7100
     sender.stop()
     pipe.receiver.stop()
     suri.wait(60)  # Suricata ends when the writer closes the FIFO

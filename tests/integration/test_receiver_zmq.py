@@ -137,3 +137,26 @@ def test_rejected_frame_counted_once_not_again_as_transit(tmp_path, push):
     assert c["dropped.malformed"] == 3 and c["dropped.malformed_frames"] == 1
     assert c["dropped.transit"] == 0
     assert c["packets_in"] == 6 == c["packets_out"] + c["dropped.malformed"]
+
+
+def test_health_file_touched_while_alive_and_removed_at_exit(tmp_path):
+    health = tmp_path / "alive"
+    d, ep, out = start(tmp_path, "--health-file", str(health))
+    wait_until(health.exists, what="health file")
+    first = health.stat().st_mtime
+    wait_until(lambda: health.stat().st_mtime > first, timeout=5, what="health file touched again")
+    d.stop()
+    assert not health.exists()
+
+
+def test_a_flood_of_bad_frames_does_not_flood_the_log(tmp_path, push):
+    d, ep, out = start(tmp_path)
+    s = push(ep)
+    for i in range(2000):
+        s.send(b"garbage %d" % i)
+    s.send(frame.encode("ok", 1, 0, 0, 1, area(1)))
+    wait_until(lambda: last_counters(d).get("packets_out") == 1, what="the good frame")
+    c = d.stop()["counters"]
+    assert c["dropped.malformed_frames"] == 2000
+    warnings = [r for r in d.records() if r.get("event") == "malformed_frame"]
+    assert 1 <= len(warnings) <= 3  # once per kind per 10 s, with a count of the rest

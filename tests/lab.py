@@ -227,6 +227,14 @@ def send_udp(ns: Netns, dst: str, port: int, payloads_file: Path, pace: int = 20
     return int(r.stdout.strip())
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for loopback tests)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def wait_until(cond, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -28,7 +28,7 @@ from .output import PcapOutput
 from .query import QueryServer, buffer_endpoint
 from .ring import Ring, tune_malloc
 from .tap import Tap, tap_endpoint
-from .tracking import StreamTracker, account_rejected
+from .tracking import StreamTracker
 
 log = logging.getLogger("nflog_pipe.receiver")
 SERVICE = "recv"
@@ -91,26 +91,15 @@ class Receiver:
         self._warn = RateLimited(log, 10.0)
         self.tracker = StreamTracker(counters, log, self._warn)
         self.senders = self.tracker.streams
-        self._track = self.tracker.track
         self.per_sender = self.tracker.per_sender
         for k in ("frames_in", "packets_in", "bytes_in", "dropped.malformed",
                   "dropped.malformed_frames", "dropped.transit"):
             self.c.setdefault(k, 0)
 
     def handle(self, data: memoryview, peer: str = "") -> frame.Frame | None:
-        c = self.c
-        c["frames_in"] += 1
-        try:
-            f = frame.decode(data)
-        except frame.FrameError as e:
-            # counted once: as malformed, and the sender's stream moves past it
-            account_rejected(c, e, data, self.tracker)
-            self._warn.warning(f"malformed.{e.kind}", "rejected frame (%s): %s", e.kind, e,
-                               event="malformed_frame", peer=peer, size=len(data))
+        f = self.tracker.accept(data, peer)
+        if f is None:
             return None
-        self._track(f)
-        c["packets_in"] += f.count
-        c["bytes_in"] += f.size - 16 * f.count
         self.output.write(f.records, f.count)
         if self.ring is not None:
             self.ring.append(f.records, f.count)

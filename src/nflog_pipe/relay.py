@@ -32,7 +32,7 @@ from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
 from .ratecontrol import Output, RateController
-from .tracking import StreamTracker, account_rejected
+from .tracking import StreamTracker
 
 log = logging.getLogger("nflog_pipe.relay")
 
@@ -135,18 +135,9 @@ class Relay:
 
     # -- the core: one frame in, frames out ----------------------------------------
     def handle(self, data, peer: str = "") -> None:
-        c = self.c
-        c["frames_in"] += 1
-        try:
-            f = frame.decode(data)
-        except frame.FrameError as e:
-            account_rejected(c, e, data, self.tracker)
-            self._warn.warning(f"malformed.{e.kind}", "rejected frame (%s): %s", e.kind, e,
-                               event="malformed_frame", peer=peer, size=len(data))
+        f = self.tracker.accept(data, peer)
+        if f is None:
             return
-        self.tracker.track(f)
-        c["packets_in"] += f.count
-        c["bytes_in"] += f.size - 16 * f.count
         key = f.sender_id.encode()
         if self.rc is None:
             self._send(Output(key, f.count, f.size, f.records, frame.CODEC_NONE))

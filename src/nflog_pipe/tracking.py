@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from .frame import HEADER, HEADER_SIZE, Frame
+from .frame import HEADER, HEADER_SIZE, Frame, FrameError, decode
 from .logs import RateLimited
 from .metrics import Counters
 
@@ -36,6 +36,24 @@ class StreamTracker:
         self._warn = warn or RateLimited(log, 10.0)
         self.streams: dict[tuple[str, int], SenderTrack] = {}
         self.c.setdefault("dropped.transit", 0)
+
+    def accept(self, data, peer: str = "") -> Frame | None:
+        """A message from the network: the frame, validated, counted
+        (``frames_in``, ``packets_in``, ``bytes_in``) and tracked; or None
+        when it was rejected, counted once and logged (rate-limited)."""
+        c = self.c
+        c["frames_in"] += 1
+        try:
+            f = decode(data)
+        except FrameError as e:
+            account_rejected(c, e, data, self)
+            self._warn.warning(f"malformed.{e.kind}", "rejected frame (%s): %s", e.kind, e,
+                               event="malformed_frame", peer=peer, size=len(data))
+            return None
+        self._advance(f, delivered=True)
+        c["packets_in"] += f.count
+        c["bytes_in"] += f.size - 16 * f.count
+        return f
 
     def track(self, f: Frame) -> None:
         self._advance(f, delivered=True)

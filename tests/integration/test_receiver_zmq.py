@@ -1,23 +1,15 @@
 """nflog-pcap-recv as a process, fed over real ZeroMQ sockets on loopback."""
 
-import socket
 import subprocess
 
 import pytest
 import zmq
-from lab import Daemon, tool, wait_until
+from lab import Daemon, free_port, tool, wait_until
 
 from nflog_pipe import frame, pcap
 
 PKT = bytes.fromhex("4500001d00004000401100007f0000017f000001303900350009000041")
 
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture

@@ -1,25 +1,16 @@
 """The relays over real ZeroMQ sockets on loopback: as threads (the Relay
 class, like zmq.devices) and as the two commands."""
 
-import socket
 import subprocess
 import time
 
 import pytest
 import zmq
-from lab import Daemon, tool, wait_until
+from lab import Daemon, free_port, tool, wait_until
 
 from nflog_pipe import codec, frame, pcap, ratecontrol
 from nflog_pipe.ratecontrol import MiB, RateController
 from nflog_pipe.relay import COMPRESS, DECOMPRESS, Relay
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def ep() -> str:

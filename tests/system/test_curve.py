@@ -25,6 +25,16 @@ def keys(tmp_path):
     return d, allow
 
 
+def _sniffer(pipe, tmp_path):
+    """tcpdump on the ids end of the veth, writing the ZeroMQ TCP stream."""
+    sniff = tmp_path / "wire.pcap"
+    tcpd = pipe.lab.popen(pipe.ids.prefix() + ["tcpdump", "-i", pipe.link.dev_b, "--immediate-mode",
+                                              "-U", "-w", str(sniff), "tcp", "port", "5555"],
+                          stderr=open(tmp_path / "tcpdump.err", "w"))
+    wait_until(lambda: b"listening" in (tmp_path / "tcpdump.err").read_bytes(), what="tcpdump")
+    return tcpd, sniff
+
+
 def _count(reader):
     try:
         return len(pcap.parse(bytes(reader.data))[1])
@@ -35,11 +45,7 @@ def _count(reader):
 def test_curve_pipe_is_encrypted_and_authenticated(pipe, keys, tmp_path):
     d, allow = keys
     pipe.nflog_rule(21, 7500)
-    sniff = tmp_path / "wire.pcap"
-    tcpd = pipe.lab.popen(pipe.ids.prefix() + ["tcpdump", "-i", pipe.link.dev_b, "--immediate-mode", "-U", "-w",
-                                              str(sniff), "tcp", "port", "5555"],
-                          stderr=open(tmp_path / "tcpdump.err", "w"))
-    wait_until(lambda: b"listening" in (tmp_path / "tcpdump.err").read_bytes(), what="tcpdump")
+    tcpd, sniff = _sniffer(pipe, tmp_path)
     reader = FifoReader(pipe.fifo)
     pipe.start_receiver("--curve-secret-key", str(d / "receiver.key_secret"),
                         "--curve-allow", str(allow), "--stats-interval", "0.2",
@@ -100,11 +106,7 @@ def test_plaintext_is_visible_without_keys(pipe, tmp_path):
     """The same sniffer sees the marker when CURVE is off: the check above
     can fail."""
     pipe.nflog_rule(22, 7501)
-    sniff = tmp_path / "wire.pcap"
-    tcpd = pipe.lab.popen(pipe.ids.prefix() + ["tcpdump", "-i", pipe.link.dev_b, "--immediate-mode", "-U", "-w",
-                                              str(sniff), "tcp", "port", "5555"],
-                          stderr=open(tmp_path / "tcpdump.err", "w"))
-    wait_until(lambda: b"listening" in (tmp_path / "tcpdump.err").read_bytes(), what="tcpdump")
+    tcpd, sniff = _sniffer(pipe, tmp_path)
     pipe.start_receiver()
     reader = pipe.reader()
     s = pipe.start_sender("22")

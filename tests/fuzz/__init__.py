@@ -1,0 +1,1 @@
+"""Fuzzing: targets, harness and regression corpus (docs/fuzzing.md)."""

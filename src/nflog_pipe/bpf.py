@@ -10,6 +10,9 @@ Python only hands over the area and its index.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 from ._bpf import ffi, lib
 from .pcap import SNAPLEN
 
@@ -19,6 +22,31 @@ MAX_EXPRESSION = 2048
 
 class FilterError(ValueError):
     """An expression libpcap refuses, with libpcap's message."""
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_.:/-]+")
+_NAME_TAKING = {"host", "net", "gateway"}
+
+
+def _refuse_names(expression: str) -> None:
+    """libpcap resolves host and network names while compiling (a blocking
+    DNS lookup of a name the client chose, inside the receiver's loop):
+    only literal addresses are accepted after ``host``, ``net``, ``gateway``."""
+    tokens = _TOKEN.findall(expression)
+    for kw, operand in zip(tokens, tokens[1:], strict=False):
+        if kw.lower() not in _NAME_TAKING:
+            continue
+        try:
+            ipaddress.ip_network(operand, strict=False)
+            continue
+        except ValueError:
+            pass
+        if re.fullmatch(r"[0-9]+(\.[0-9]+){0,3}", operand):  # libpcap's partial nets: net 10.1
+            continue
+        if re.fullmatch(r"([0-9A-Fa-f]{1,2}[:.-]){5}[0-9A-Fa-f]{1,2}", operand):  # a MAC literal
+            continue
+        raise FilterError(f"bad filter {expression!r}: {operand!r} is not an address; names are "
+                          "not resolved in filters (the receiver would look them up)")
 
 
 class Filter:
@@ -35,6 +63,7 @@ class Filter:
             raw = expression.encode("ascii")
         except UnicodeEncodeError:
             raise FilterError("filter expression is not ASCII") from None
+        _refuse_names(expression)
         err = ffi.new("char[]", 512)
         ptr = lib.nzp_filter_new(raw, SNAPLEN, err, 512)
         if ptr == ffi.NULL:

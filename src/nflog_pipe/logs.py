@@ -73,6 +73,12 @@ class RateLimited:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, kind: str, msg: str, *args, **extra) -> bool:
+        return self._log(logging.WARNING, kind, msg, *args, **extra)
+
+    def info(self, kind: str, msg: str, *args, **extra) -> bool:
+        return self._log(logging.INFO, kind, msg, *args, **extra)
+
+    def _log(self, level: int, kind: str, msg: str, *args, **extra) -> bool:
         now = self.clock()
         last = self._last.get(kind)
         if last is not None and now - last < self.interval:
@@ -80,5 +86,5 @@ class RateLimited:
             return False
         self._last[kind] = now
         suppressed = self._suppressed.pop(kind, 0)
-        self.log.warning(msg, *args, extra={"kind": kind, "suppressed": suppressed, **extra})
+        self.log.log(level, msg, *args, extra={"kind": kind, "suppressed": suppressed, **extra})
         return True

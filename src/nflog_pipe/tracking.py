@@ -14,13 +14,17 @@ from .frame import HEADER, HEADER_SIZE, Frame, FrameError, decode
 from .logs import RateLimited
 from .metrics import Counters
 
+#: streams tracked at once; beyond it the least recently seen is forgotten
+MAX_STREAMS = 4096
+
 
 class SenderTrack:
     """Sequence tracking of one stream: gaps are transit losses."""
 
-    __slots__ = ("next_pkt", "next_seq", "packets", "lost")
+    __slots__ = ("next_pkt", "next_seq", "packets", "lost", "last")
 
     def __init__(self, f: Frame):
+        self.last = 0
         self.next_pkt = f.pkt_seq
         self.next_seq = f.seq
         self.packets = 0
@@ -35,6 +39,7 @@ class StreamTracker:
         self.log = log
         self._warn = warn or RateLimited(log, 10.0)
         self.streams: dict[tuple[str, int], SenderTrack] = {}
+        self._tick = 0
         self.c.setdefault("dropped.transit", 0)
 
     def accept(self, data, peer: str = "") -> Frame | None:
@@ -67,24 +72,31 @@ class StreamTracker:
         key = (f.sender_id, f.instance)
         t = self.streams.get(key)
         if t is None:
+            if len(self.streams) >= MAX_STREAMS:
+                # a peer inventing sender ids cannot grow this without bound:
+                # forget the stream seen least recently (its totals stay counted)
+                old = min(self.streams, key=lambda k: self.streams[k].last)
+                del self.streams[old]
+                self.c["streams_forgotten"] = self.c.get("streams_forgotten", 0) + 1
             t = self.streams[key] = SenderTrack(f)
-            self.log.info("new sender %s (instance %08x)", f.sender_id, f.instance,
-                          extra={"event": "sender_new", "sender_id": f.sender_id,
-                                 "instance": f.instance, "seq": f.seq})
+            self._warn.info("sender_new", "new sender %s (instance %08x)", f.sender_id, f.instance,
+                            event="sender_new", sender_id=f.sender_id, instance=f.instance,
+                            seq=f.seq)
         elif f.pkt_seq != t.next_pkt:
             if f.pkt_seq > t.next_pkt:
                 gap = f.pkt_seq - t.next_pkt
                 t.lost += gap
                 self.c["packets_in"] += gap
                 self.c["dropped.transit"] += gap
-                self._warn.warning(f"transit.{f.sender_id}", "%d packets from %s lost in transit",
+                self._warn.warning("transit", "%d packets from %s lost in transit",
                                    gap, f.sender_id, event="transit_loss",
                                    sender_id=f.sender_id, frames=f.seq - t.next_seq)
             else:
-                self._warn.warning(f"reorder.{f.sender_id}", "frame from %s out of order",
+                self._warn.warning("reorder", "frame from %s out of order",
                                    f.sender_id, event="reorder", sender_id=f.sender_id)
         t.next_pkt = f.pkt_seq + f.count
         t.next_seq = f.seq + 1
+        t.last = self._tick = self._tick + 1
         if delivered:
             t.packets += f.count
 

@@ -127,3 +127,16 @@ def test_agrees_with_tcpdump(tmp_path):
     _, by_tcpdump = pcap.parse(dst.read_bytes())
     assert [r.data for r in by_tcpdump] == [p for p in packets if f.match(p)]
     assert len(by_tcpdump) == 50 + 25
+
+
+@pytest.mark.parametrize("expr", ["host example.com", "src host gw1", "net internal",
+                                  "ip and dst host localhost", "gateway router"])
+def test_names_are_refused_never_resolved(expr):
+    with pytest.raises(bpf.FilterError, match="names are not resolved"):
+        bpf.Filter(expr)
+
+
+@pytest.mark.parametrize("expr", ["host 10.1.2.3", "src host fd00::1", "net 10.0.0.0/8",
+                                  "net 192.168", "udp and port domain", "net 10.0.0.0 mask 255.0.0.0"])
+def test_addresses_and_local_names_are_accepted(expr):
+    assert len(bpf.Filter(expr)) > 0

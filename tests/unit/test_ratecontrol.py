@@ -325,3 +325,17 @@ def test_level_out_of_range_is_refused():
                               compress_level=12, compress_delay=0.1, compress_batch=1024)
     with pytest.raises(ValueError, match="zlib level 12 is out of range"):
         ratecontrol.from_options(args)
+
+
+def test_stream_tracking_is_bounded_against_invented_senders():
+    import logging
+
+    from nflog_pipe import frame, tracking
+    c = {"packets_in": 0, "bytes_in": 0, "frames_in": 0}
+    t = tracking.StreamTracker(c, logging.getLogger("t"))
+    for i in range(tracking.MAX_STREAMS + 100):
+        t.track(frame.Frame(f"s{i}", i, 0, 0, 0, 0, 0, memoryview(b"")))
+    assert len(t.streams) == tracking.MAX_STREAMS
+    assert c["streams_forgotten"] == 100
+    assert ("s0", 0) not in t.streams
+    assert (f"s{tracking.MAX_STREAMS + 99}", tracking.MAX_STREAMS + 99) in t.streams

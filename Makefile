@@ -38,8 +38,10 @@ system: install
 demo: install
 	$(BIN)/python tools/demo.py
 
+# The benchmark suite of issue 8 (as root, about 10 minutes): NFLOG readers side by side,
+# latency, receiver throughput, memory; report in bench/results/run_all.md
 bench: install
-	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/run_all.py
 
 # Coverage-guided fuzzing campaign (atheris), FUZZ_RUNS inputs per target (docs/fuzzing.md)
 FUZZ_RUNS ?= 1000000

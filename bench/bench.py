@@ -74,23 +74,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from netns import (CpuMeter, NetnsPair, loss, stop_process,  # noqa: E402
-                   wait_rusage)
+from netns import CpuMeter, NetnsPair, loss, stop_process, wait_rusage  # noqa: E402
 
 BUILD = os.path.join(HERE, "build")
 
 
 # ---------------------------------------------------------------- build
 def build(build_dir: str = BUILD, cc: str = "gcc") -> dict[str, str]:
-    """Compile udpgen.c and cref.c into build_dir (only when out of date)."""
+    """Compile udpgen.c, cref.c and latreader.c into build_dir (only when out
+    of date)."""
     os.makedirs(build_dir, exist_ok=True)
     out = {}
-    for name, libs in (("udpgen", []), ("cref", ["-lnetfilter_log"])):
+    for name, libs in (("udpgen", []), ("cref", ["-lnetfilter_log"]), ("latreader", [])):
         src, exe = os.path.join(HERE, f"{name}.c"), os.path.join(build_dir, name)
         if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
             subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-o", exe, src, *libs],
@@ -112,14 +112,17 @@ class Companion:
 @dataclass
 class ReaderSpec:
     name: str
-    argv: Callable[["Ctx"], list[str]]
-    count: Callable[["Ctx"], int]
-    setup: Callable[["Ctx"], None] | None = None
-    companions: Callable[["Ctx"], list[Companion]] | None = None
+    argv: Callable[[Ctx], list[str]]
+    count: Callable[[Ctx], int]
+    setup: Callable[[Ctx], None] | None = None
+    companions: Callable[[Ctx], list[Companion]] | None = None
     stop_signal: int = signal.SIGTERM
     ns: str = "gw"
     requires: list[str] = field(default_factory=list)   # executables / files
     note: str = ""
+    # optional: more figures for the result, read after the reader stopped
+    # (e.g. a daemon's own loss counters, by reason)
+    details: Callable[[Ctx], dict] | None = None
 
 
 @dataclass
@@ -299,6 +302,8 @@ def _zmq_send_spec(name: str, *extra: str, note: str) -> ReaderSpec:
         # delivered = what the receiver wrote; the sender's own view of its
         # losses is in its totals (kernel_overrun, queue_full)
         count=lambda c: _totals(c.stderr("recv"))["packets_out"],
+        details=lambda c: {"sender_" + k: v for k, v in _totals(c.stderr("reader")).items()
+                           if k.startswith(("dropped.", "kernel_")) or k == "frames_out"},
         requires=[_project("nflog-zmq-send"), _project("nflog-pcap-recv")],
         note=note)
 
@@ -402,7 +407,8 @@ def run_point(env, spec, exe, size, rate, args, run_idx):
         for p, sig, *_ in procs:
             stop_process(p, sig)
         seen = spec.count(ctx)
-        return {
+        details = spec.details(ctx) if spec.details else {}
+        return {**details,
             "reader": spec.name, "size": size, "rate": rate, "run": run_idx,
             "sent": gout["sent"], "gen_pps": gout["pps"], "gen_errors": gout["errors"],
             "logged": logged, "at_sink": at_sink, "seen": seen,
@@ -508,7 +514,10 @@ def main(argv=None):
                         print(f"# {r:10} {s:5}B {_rate_label(rate):>5} run {run}: sent {res['sent']}"
                               f" logged {res['logged']} seen {res['seen']} loss {100*res['loss']:.2f}%"
                               f" reader {res['reader_us_pkt']:.3f} us/pkt gen {res['gen_us_pkt']:.3f}"
-                              f" us/pkt sockdrops {res['sock_drops']}", file=sys.stderr, flush=True)
+                              f" us/pkt sockdrops {res['sock_drops']}"
+                              + "".join(f" {k} {v}" for k, v in res.items()
+                                        if k.startswith("sender_dropped") and v),
+                              file=sys.stderr, flush=True)
     elapsed = time.monotonic() - t0
     if args.json:
         with open(args.json, "w") as f:

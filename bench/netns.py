@@ -37,8 +37,8 @@ SINK_PORT_DEFAULT = 9999
 
 
 def _run(argv, check=True, **kw):
-    return subprocess.run(argv, check=check, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.run(argv, check=check, capture_output=True,
+                          text=True, **kw)
 
 
 @dataclass

@@ -280,7 +280,8 @@ def _project(cmd: str) -> str:
     return os.path.join(_VENV_BIN, cmd)
 
 
-def _totals(text: str) -> dict:
+def log_totals(text: str) -> dict:
+    """The counters of a daemon's final 'totals' JSON log record ({} if none)."""
     for line in reversed(text.splitlines()):
         try:
             rec = json.loads(line)
@@ -288,7 +289,14 @@ def _totals(text: str) -> dict:
             continue
         if rec.get("event") == "totals":
             return rec["counters"]
-    raise PointError("no totals record in the daemon's log")
+    return {}
+
+
+def _totals(text: str) -> dict:
+    totals = log_totals(text)
+    if not totals:
+        raise PointError("no totals record in the daemon's log")
+    return totals
 
 
 def _zmq_send_spec(name: str, *extra: str, note: str) -> ReaderSpec:

@@ -41,21 +41,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from netns import NetnsPair, stop_process  # noqa: E402
 
-from bench import _project, build  # noqa: E402
+from bench import _project, build, log_totals  # noqa: E402
 
 KEYS = ("p50_us", "p90_us", "p99_us", "max_us")
 
 
 def _totals(path: str) -> dict:
     with open(path, errors="replace") as f:
-        for line in reversed(f.read().splitlines()):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("event") == "totals":
-                return rec["counters"]
-    return {}
+        return log_totals(f.read())
 
 
 def run_point(env: NetnsPair, exe: dict, rate: int, size: int, a, run: int) -> dict:

@@ -38,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from netns import NetnsPair, stop_process  # noqa: E402
 
-from bench import _project, build  # noqa: E402
+from bench import _project, build, log_totals  # noqa: E402
 
 MiB = 1 << 20
 SENDER_QUEUE = 50 * (256 + 256) * 1024   # --zmq-buffer x largest frame (defaults)
@@ -70,14 +70,7 @@ def _sample_while(pid: int, busy) -> tuple[int, int]:
 
 def _totals(path: str) -> dict:
     with open(path, errors="replace") as f:
-        for line in reversed(f.read().splitlines()):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("event") == "totals":
-                return rec["counters"]
-    return {}
+        return log_totals(f.read())
 
 
 def sender_receiver_stopped(a) -> dict:

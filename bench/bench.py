@@ -299,10 +299,20 @@ def _totals(text: str) -> dict:
     return totals
 
 
-def _zmq_send_spec(name: str, *extra: str, note: str) -> ReaderSpec:
+_RUN_SENDER = "import sys; from nflog_pipe.sender import main; sys.exit(main())"
+
+
+def _zmq_send_spec(name: str, *extra: str, note: str, tree: str | None = None) -> ReaderSpec:
+    """``tree``: run the sender of another built checkout (its ``src``
+    first on the path), to compare two versions in one run."""
+    if tree is None:
+        cmd = [_project("nflog-zmq-send")]
+    else:
+        cmd = ["env", f"PYTHONPATH={os.path.join(tree, 'src')}", sys.executable, "-c",
+               _RUN_SENDER]
     return ReaderSpec(
         name=name,
-        argv=lambda c: [_project("nflog-zmq-send"), str(c.group), f"tcp://{c.env.sink4}:5557",
+        argv=lambda c: [*cmd, str(c.group), f"tcp://{c.env.sink4}:5557",
                         "--log-format", "json", *extra],
         companions=lambda c: [Companion("recv", "sink", [
             _project("nflog-pcap-recv"), f"tcp://{c.env.sink4}:5557", "/dev/null",
@@ -485,6 +495,10 @@ def main(argv=None):
                     help="extra reader; CMD may use {group} {port} {sink4} {sink6} {tmp}")
     ap.add_argument("--companion", action="append", default=[], metavar="NAME=NS:CMD",
                     help="companion process for custom reader NAME (its stdout gives the count)")
+    ap.add_argument("--sender-tree", action="append", default=[], metavar="NAME=DIR",
+                    help="extra reader NAME: nflog-zmq-send of the built checkout DIR "
+                    "(e.g. a git worktree of the previous commit after make install's "
+                    "build step), measured like nflog-zmq-send: before/after in one run")
     ap.add_argument("--json", help="write raw per-run results to this file")
     ap.add_argument("--keep-tmp", action="store_true")
     args = ap.parse_args(argv)
@@ -495,6 +509,12 @@ def main(argv=None):
     for c in args.custom:
         name, cmd = c.split("=", 1)
         register_reader(custom_spec(name, cmd, comps.get(name)))
+    for t in args.sender_tree:
+        name, tree = t.split("=", 1)
+        if not os.path.isdir(os.path.join(tree, "src", "nflog_pipe")):
+            sys.exit(f"--sender-tree {name}: no src/nflog_pipe under {tree}")
+        register_reader(_zmq_send_spec(name, tree=os.path.abspath(tree),
+                                       note=f"nflog-zmq-send from {tree}"))
     readers = [r for r in args.readers.split(",") if r]
     for r in readers:
         if r not in READERS:

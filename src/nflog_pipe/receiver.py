@@ -46,8 +46,11 @@ OPTIONS = [
            "dropped whole and counted"),
     Option("fifo_retry", ("--fifo-retry",), type=config.positive_float, default=0.1, metavar="S",
            help="how often to look for a FIFO reader while none is attached"),
-    Option("zmq_buffer", ("--zmq-buffer",), type=config.positive_int, default=200,
-           metavar="MSGS", help="frames ZeroMQ may queue on the way in (ZMQ_RCVHWM)"),
+    Option("zmq_buffer", ("--zmq-buffer",), type=config.positive_int, default=32,
+           metavar="MSGS", help="frames ZeroMQ may queue on the way in, per sender "
+           "(ZMQ_RCVHWM); past it TCP pushes back and the sender queues, then drops and "
+           "counts. Memory: up to this many frames (each at most the sender's --batch-size "
+           "+ 256 KiB) per connected sender"),
     Option("rate_control", ("--rate-control",), flag=True, default=False,
            help="accepted for old command lines; compressed frames are detected on their own"),
     Option("buffer_interface", ("--buffer-interface",), type=buffer_endpoint,

@@ -64,7 +64,7 @@ OPTIONS = [
            metavar="S", help="forget a query whose client takes nothing for S seconds"),
     Option("buffer_clients", ("--buffer-clients",), type=config.positive_int, default=4,
            metavar="N", help="queries served at once; more are refused as busy"),
-    Option("buffer_rate", ("--buffer-rate",), type=config.nonneg_float, default=256.0,
+    Option("buffer_rate", ("--buffer-rate",), type=config.nonneg_float, default=64.0,
            metavar="MiB/s", help="queries together send at most this much (0: no limit), so "
            "that they leave the CPU to the live traffic on a busy host"),
     Option("tap", ("--tap",), type=tap_endpoint, metavar="ENDPOINT",

@@ -150,13 +150,19 @@ def run_once(mode: str, rate: int, a) -> dict:
         dd = subprocess.Popen(_pin(a.aux_cpu) + ["dd", f"if={fifo}", "of=/dev/null", "bs=1M",
                                                  "status=none"])
         procs.append(dd)
+        base, _, tree = mode.partition("@")
+        if tree:  # another checkout's receiver (--tree)
+            cmd = ["env", f"PYTHONPATH={a.trees[tree]}/src", sys.executable, "-c",
+                   "import sys; from nflog_pipe.receiver import main; sys.exit(main())"]
+        else:
+            cmd = [str(BIN / "nflog-pcap-recv")]
         extra = []
-        if mode == "buffer":
+        if base == "buffer":
             extra = ["--buffer-interface", f"tcp://127.0.0.1:{free_port()}",
                      "--buffer-window", str(a.window)]
         with open(log, "w") as err:
             recv = subprocess.Popen(_pin(a.recv_cpu) + [
-                str(BIN / "nflog-pcap-recv"), src, str(fifo), *extra,
+                *cmd, src, str(fifo), *extra,
                 "--stats-interval", str(STATS_INTERVAL), "--log-format", "json"],
                 stderr=err, stdout=subprocess.DEVNULL)
         procs.append(recv)
@@ -259,8 +265,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recv-cpu", type=int, default=0, help="CPU of the receiver")
     p.add_argument("--aux-cpu", type=int, default=1, help="CPU of generator and dd")
     p.add_argument("--json", help="write raw results here")
+    p.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
+                   help="also run every mode with the receiver of the built checkout DIR "
+                   "(modes MODE@NAME): before/after in one run")
     a = p.parse_args(argv)
+    a.trees = {}
+    for t in a.tree:
+        name, _, d = t.partition("=")
+        if not os.path.isdir(os.path.join(d, "src", "nflog_pipe")):
+            sys.exit(f"--tree {name}: no src/nflog_pipe under {d}")
+        a.trees[name] = os.path.abspath(d)
     modes = a.modes.split(",")
+    modes += [f"{m}@{name}" for name in a.trees for m in modes]
     rates = [0 if x == "max" else int(x) for x in a.rates.split(",")]
     results = []
     for run in range(a.runs):

@@ -17,22 +17,22 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import logging
 import os
 import select
 import stat
 import sys
-from collections import deque
 
 from . import pcap
 from .logs import RateLimited
 from .metrics import Counters
+from .writeq import WriteQueue
 
 log = logging.getLogger(__name__)
 
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20
-MAX_IOV = 64
 
 
 class PcapOutput:
@@ -44,8 +44,7 @@ class PcapOutput:
         self.fd: int | None = None
         self.closed = False  # stdout went away for good
         self.readers = 0  # readers attached so far
-        self._pending: deque[list] = deque()  # [memoryview, count, offset]
-        self.pending_bytes = 0
+        self._q: WriteQueue | None = None  # while attached
         self._warn = RateLimited(log, 30.0)
         for k in ("packets_out", "bytes_out", "dropped.output"):
             self.c.setdefault(k, 0)
@@ -81,8 +80,13 @@ class PcapOutput:
     def attached(self) -> bool:
         return self.fd is not None
 
+    @property
+    def pending_bytes(self) -> int:
+        return self._q.bytes if self._q is not None else 0
+
     def _attach(self, fd: int) -> None:
         self.fd = fd
+        self._q = WriteQueue(functools.partial(os.writev, fd))
         self.readers += 1
         if self.kind != "file":
             os.set_blocking(fd, False)
@@ -90,7 +94,7 @@ class PcapOutput:
                 fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
             except OSError:
                 pass  # not a pipe, or above /proc/sys/fs/pipe-max-size
-        self._queue(memoryview(pcap.GLOBAL_HEADER_BYTES), 0)
+        self._q.push(memoryview(pcap.GLOBAL_HEADER_BYTES))
 
     def try_attach(self) -> bool:
         """FIFO without a reader: try to open it (non-blocking)."""
@@ -124,10 +128,9 @@ class PcapOutput:
             self._detach("reader closed the FIFO")
 
     def _detach(self, why: str) -> None:
-        lost = sum(item[1] for item in self._pending)
+        lost = self._q.clear()
         self.c["dropped.output"] += lost
-        self._pending.clear()
-        self.pending_bytes = 0
+        self._q = None
         if self.kind == "stdout":
             self.closed = True
         else:
@@ -146,56 +149,37 @@ class PcapOutput:
         if not self.attached or self.pending_bytes + len(records) > self.max_pending:
             self.c["dropped.output"] += count
             return False
-        self._queue(records, count)
+        self._q.push(records, count)
         self.flush()
         return True
 
-    def _queue(self, data: memoryview, count: int) -> None:
-        self._pending.append([data, count, 0])
-        self.pending_bytes += len(data)
-
     def flush(self) -> None:
-        pending = self._pending
-        while pending:
-            iov = [item[0][item[2]:] for item in list(pending)[:MAX_IOV]]
-            try:
-                n = os.writev(self.fd, iov)
-            except BlockingIOError:
-                return
-            except InterruptedError:
-                continue
-            except BrokenPipeError:
-                self._detach("reader went away")
-                return
-            except OSError as e:
-                self._warn.warning("write", "writing %s: %s", self.path, e.strerror)
-                self._detach(f"write error: {e.strerror}")
-                return
-            self.pending_bytes -= n
-            while n:
-                item = pending[0]
-                left = len(item[0]) - item[2]
-                if n < left:
-                    item[2] += n
-                    break
-                n -= left
-                pending.popleft()
-                if item[1]:
-                    self.c["packets_out"] += item[1]
-                    self.c["bytes_out"] += len(item[0]) - 16 * item[1]
+        if not self._q:
+            return
+        done = self._q.write()
+        if done.records:
+            self.c["packets_out"] += done.records
+            self.c["bytes_out"] += done.record_bytes - 16 * done.records
+        e = done.error
+        if e is None:
+            return
+        if isinstance(e, BrokenPipeError):
+            self._detach("reader went away")
+        else:
+            self._warn.warning("write", "writing %s: %s", self.path, e.strerror)
+            self._detach(f"write error: {e.strerror}")
 
     @property
     def wants_write(self) -> bool:
-        return bool(self._pending)
+        return bool(self._q)
 
     def close(self) -> None:
         if self.attached and self.kind != "stdout":
             os.set_blocking(self.fd, True) if self.kind == "file" else None
             self.flush()
-            lost = sum(item[1] for item in self._pending)
-            self.c["dropped.output"] += lost
-            self._pending.clear()
-            os.close(self.fd)
+            if self._q is not None:  # flush() may have detached it
+                self.c["dropped.output"] += self._q.clear()
+                os.close(self.fd)
         elif self.attached:
             self.flush()
         self.fd = None

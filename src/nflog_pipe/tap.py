@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
-from collections import deque
 
 from . import pcap
 from .logs import RateLimited
 from .metrics import Counters
+from .writeq import WriteQueue
 
 log = logging.getLogger(__name__)
 
-MAX_IOV = 64
 DEFAULT_HOST = "127.0.0.1"
 
 
@@ -47,14 +46,13 @@ def tap_endpoint(text: str) -> tuple[str, int]:
 
 
 class TapClient:
-    __slots__ = ("sock", "fd", "peer", "pending", "pending_bytes", "sent")
+    __slots__ = ("sock", "fd", "peer", "q", "sent")
 
     def __init__(self, sock: socket.socket, peer: str):
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
-        self.pending: deque[list] = deque()  # [memoryview, offset]
-        self.pending_bytes = 0
+        self.q = WriteQueue(sock.sendmsg)
         self.sent = 0
 
 
@@ -108,7 +106,7 @@ class Tap:
             log.info("tap client %s attached", peer, extra={"event": "tap_attached",
                                                             "peer": peer,
                                                             "clients": len(self.clients)})
-            self._queue(client, memoryview(pcap.GLOBAL_HEADER_BYTES))
+            client.q.push(memoryview(pcap.GLOBAL_HEADER_BYTES))
             self.flush(client)
 
     def _drop(self, client: TapClient, why: str, slow: bool = False) -> None:
@@ -127,39 +125,18 @@ class Tap:
         """A validated record area for every client (no copy)."""
         n = len(records)
         for client in list(self.clients.values()):
-            if client.pending_bytes + n > self.max_pending:
+            if client.q.bytes + n > self.max_pending:
                 self._drop(client, f"more than {self.max_pending} bytes behind", slow=True)
                 continue
-            self._queue(client, records)
+            client.q.push(records)
             self.flush(client)
 
-    @staticmethod
-    def _queue(client: TapClient, data: memoryview) -> None:
-        client.pending.append([data, 0])
-        client.pending_bytes += len(data)
-
     def flush(self, client: TapClient) -> None:
-        pending = client.pending
-        while pending:
-            iov = [d[o:] for d, o in list(pending)[:MAX_IOV]]
-            try:
-                n = client.sock.sendmsg(iov)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                self._drop(client, e.strerror or str(e))
-                return
-            client.pending_bytes -= n
-            client.sent += n
-            self.c["tap.bytes_out"] += n
-            while n:
-                item = pending[0]
-                left = len(item[0]) - item[1]
-                if n < left:
-                    item[1] += n
-                    break
-                n -= left
-                pending.popleft()
+        done = client.q.write()
+        client.sent += done.bytes
+        self.c["tap.bytes_out"] += done.bytes
+        if done.error is not None:
+            self._drop(client, done.error.strerror or str(done.error))
 
     def readable(self, fd: int) -> None:
         """A client sent something or closed: read and ignore, or drop it."""
@@ -183,7 +160,7 @@ class Tap:
 
     def poll_items(self) -> list[tuple[int, bool]]:
         """(fd, wants POLLOUT) of every client."""
-        return [(fd, bool(c.pending)) for fd, c in self.clients.items()]
+        return [(fd, bool(c.q)) for fd, c in self.clients.items()]
 
     def close(self) -> None:
         for client in list(self.clients.values()):

@@ -20,7 +20,7 @@ import zmq
 from . import config, frame, privs, ratecontrol, runtime, security
 from .config import Option
 from .metrics import Counters
-from .nflog import RECV_BUFSIZE, NflogError, NflogReader, QthreshPolicy
+from .nflog import NflogError, NflogReader, QthreshPolicy
 
 log = logging.getLogger("nflog_pipe.sender")
 SERVICE = "send"
@@ -127,8 +127,8 @@ class Sender:
                  rc: ratecontrol.RateController | None = None):
         self.reader = reader
         # a full frame: a batch closes once it holds more than --batch-size,
-        # after one more kernel batch (up to 256 KiB)
-        self.pacer = DrainPacer(2 * (reader.batch.cap - RECV_BUFSIZE))
+        # after one more kernel batch (up to RECV_BUFSIZE, 256 KiB)
+        self.pacer = DrainPacer(reader.batch.cap)
         self.qpolicy = qpolicy
         self.sock = sock
         self.sid = sender_id

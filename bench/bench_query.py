@@ -188,6 +188,8 @@ class Bench:
             p.returncode = os.waitstatus_to_exitcode(status)
             err.seek(0)
             text = err.read()
+        if p.returncode and "busy" in text:
+            return {"refused": True}
         if p.returncode:
             raise SystemExit(f"query failed: {text[-2000:]}")
         done = [json.loads(x) for x in text.splitlines() if '"query_done"' in x][-1]
@@ -269,21 +271,29 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def live_with_queries(b: Bench, seconds: float, rate: float) -> tuple[dict, list[dict]]:
+def live_with_queries(b: Bench, seconds: float, rate: float,
+                      clients: int = 1) -> tuple[dict, list[dict]]:
+    """Live traffic while ``clients`` query loops fetch the whole window back
+    to back (a query refused as busy is recorded and retried 1 s later)."""
     stop = threading.Event()
     times: list[dict] = []
 
     def loop():
         while not stop.is_set():
-            times.append(b.query())
-    t = threading.Thread(target=loop)
-    t.start()
-    time.sleep(0.5)  # the first query is under way
+            q = b.query()
+            times.append(q)
+            if q.get("refused"):
+                time.sleep(1.0)
+    threads = [threading.Thread(target=loop) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # the first queries are under way
     try:
         g = b.gen(seconds=seconds, rate=rate)
     finally:
         stop.set()
-        t.join(300)
+        for t in threads:
+            t.join(300)
     return g, times
 
 
@@ -305,6 +315,8 @@ def main() -> None:
                    help="offered live rates in packets/s, 0 for as fast as the receiver takes "
                    "them (default 0,250000: saturation, and about the most NFLOG delivers on "
                    "the 2-core reference machine)")
+    p.add_argument("--clients", type=int, default=1,
+                   help="query loops running at once during the live phase (default 1)")
     p.add_argument("--out", default=str(HERE / "results" / "query"),
                    help="write OUT.json and OUT.md")
     a = p.parse_args()
@@ -329,7 +341,8 @@ def main() -> None:
                 g, o = b.phase(lambda rate=rate: b.gen(seconds=a.duration, rate=rate))
                 alone.append(g)
                 out_alone.append(o)
-                (g, ts), o = b.phase(lambda rate=rate: live_with_queries(b, a.duration, rate))
+                (g, ts), o = b.phase(lambda rate=rate: live_with_queries(b, a.duration, rate,
+                                                                            a.clients))
                 together.append(g)
                 out_together.append(o)
                 qtimes.extend(ts)
@@ -370,7 +383,9 @@ def main() -> None:
     for rate, x in res["rates"].items():
         tag = "max" if not rate else f"{rate / 1000:g}k"
         alone, together = x["live_alone"], x["live_with_query"]
-        oa, ot, qtimes = x["output_alone"], x["output_with_query"], x["query_during_live"]
+        oa, ot = x["output_alone"], x["output_with_query"]
+        refused = sum(1 for q in x["query_during_live"] if q.get("refused"))
+        qtimes = [q for q in x["query_during_live"] if not q.get("refused")]
         summary.update({
             f"{tag}: input_alone_pps": round(pps(alone)),
             f"{tag}: input_with_query_pps": round(pps(together)),
@@ -390,6 +405,7 @@ def main() -> None:
             f"{tag}: capacity_ratio": round(cpu_per_pkt(oa) / cpu_per_pkt(ot), 3),
             f"{tag}: rss_peak_MiB": round(x["rss"]["VmHWM"] / 2**20, 1),
             f"{tag}: queries_during_live": len(qtimes),
+            f"{tag}: queries_refused_busy": refused,
             f"{tag}: query_during_live_s": round(med(qtimes, "seconds"), 3) if qtimes else None,
             # CPU the query clients themselves took, per second of the phase
             f"{tag}: client_cpu_per_s": round(sum(q["client_cpu_s"] for q in qtimes)
@@ -399,6 +415,7 @@ def main() -> None:
         "packets_sent": sent, "packets_out": t.get("packets_out"),
         "dropped_output": t.get("dropped.output"), "buffer_evicted": t.get("dropped.evicted"),
         "queries_served": t.get("query.served"),
+        "queries_refused_memory": t.get("query.refused_memory"),
     })
     res["summary"] = summary
     out = Path(a.out)
@@ -407,7 +424,8 @@ def main() -> None:
     md = ["| figure | value |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in summary.items()]
     md.append("")
     md.append(f"--buffer-rate {'default' if a.buffer_rate is None else a.buffer_rate}, "
-              f"pin={a.pin}, {os.cpu_count()} CPUs, {a.runs} runs of {a.duration:g} s, frames of "
+              f"pin={a.pin}, {os.cpu_count()} CPUs, {a.runs} runs of {a.duration:g} s, "
+              f"{a.clients} query client(s) at once, frames of "
               f"{a.frame_kib} KiB, packet sizes {a.sizes}; medians.")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

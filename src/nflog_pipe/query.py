@@ -291,8 +291,8 @@ class QueryServer:
         self.wallclock = wallclock
         self.transfers: dict[bytes, Transfer] = {}
         self._warn = RateLimited(log, 10.0)
-        for k in ("query.requests", "query.served", "query.refused", "query.timeouts",
-                  "query.aborted", "query.records_out", "query.bytes_out"):
+        for k in ("query.requests", "query.served", "query.refused", "query.refused_memory",
+                  "query.timeouts", "query.aborted", "query.records_out", "query.bytes_out"):
             self.c.setdefault(k, 0)
 
     @staticmethod
@@ -368,6 +368,14 @@ class QueryServer:
         if len(self.transfers) >= self.max_queries:
             self._refuse(ident, peer, RequestError(
                 f"busy: {len(self.transfers)} queries in progress, try again", "busy"))
+            return
+        if any(self.ring.outside(t.sel.oldest_view()) for t in self.transfers.values()):
+            # a new snapshot would keep a second window alive beside the one
+            # the running queries still hold (memory: at most twice the window)
+            self.c["query.refused_memory"] += 1
+            self._refuse(ident, peer, RequestError(
+                "busy: a query in progress still holds traffic that has left the window "
+                "(the memory bound); try again when it is done", "busy"))
             return
         since, until = req.window_us(self.wallclock())
         sel = Selection(self.ring.snapshot(), since, until, req.max_bytes, flt)

@@ -23,7 +23,11 @@ Memory therefore stays within the window plus the index (12 bytes per
 record), the collecting chunk's list, and the dead prefix of the oldest chunk.
 
 ``Snapshot`` is what a query sees: read-only views of the chunks at the time
-of the request; later appends and evictions do not change it.
+of the request; later appends and evictions do not change it.  A chunk
+evicted while a query still has to send it stays in memory until it is sent:
+``Ring.outside`` tells whether a query holds such a chunk, and the query
+server admits no new query while one does, so that all queries together hold
+at most one window beside the ring (see ``docs/query-protocol.md``).
 ``Selection`` turns a snapshot into the bytes of a response, step by step
 (the receiver's loop interleaves it with live traffic): a time window and a
 BPF filter (in C, ``nzp_select``), then ``max_bytes`` keeping the newest
@@ -94,22 +98,24 @@ def index(data, count: int) -> tuple[array, array]:
 
 class Chunk:
     """An immutable record area and its index; records before ``first`` are
-    evicted."""
+    evicted.  ``seq`` numbers chunks in arrival order (a compacted chunk keeps
+    the number of the one it replaces)."""
 
-    __slots__ = ("data", "offsets", "ts", "first", "count")
+    __slots__ = ("data", "offsets", "ts", "first", "count", "seq")
 
-    def __init__(self, data, count: int):
+    def __init__(self, data, count: int, seq: int):
         self.data = data
         self.offsets, self.ts = index(data, count)
         self.first = 0
         self.count = count
+        self.seq = seq
 
     @property
     def live_bytes(self) -> int:
         return len(self.data) - self.offsets[self.first]
 
     def view(self) -> ChunkView:
-        return ChunkView(self.data, self.offsets, self.ts, self.first, self.count)
+        return ChunkView(self.data, self.offsets, self.ts, self.first, self.count, self.seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +127,7 @@ class ChunkView:
     ts: array
     first: int
     count: int
+    seq: int
 
     @property
     def start(self) -> int:
@@ -159,6 +166,7 @@ class Ring:
         self._open_count = 0
         self.bytes = 0  # pcap bytes kept (records with their headers)
         self.records = 0
+        self._seq = 0  # of the next chunk
         for k in ("dropped.evicted", "dropped.evicted_bytes"):
             self.c.setdefault(k, 0)
 
@@ -172,7 +180,7 @@ class Ring:
             return
         if n >= self.own_chunk:
             self._seal()
-            self.chunks.append(Chunk(memoryview(area).toreadonly(), count))
+            self.chunks.append(Chunk(memoryview(area).toreadonly(), count, self._next_seq()))
         else:
             if self._open_bytes + n > self.block:
                 self._seal()
@@ -184,12 +192,16 @@ class Ring:
         if self.bytes > self.window:
             self._evict(self.bytes - self.window)
 
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq - 1
+
     def _seal(self) -> None:
         """Join the collected small frames into one indexed chunk."""
         if not self._open:
             return
         data = b"".join(self._open) if len(self._open) > 1 else bytes(self._open[0])
-        self.chunks.append(Chunk(data, self._open_count))
+        self.chunks.append(Chunk(data, self._open_count, self._next_seq()))
         self._open.clear()
         self._open_bytes = self._open_count = 0
 
@@ -213,7 +225,7 @@ class Ring:
                 c.first = k
                 dead = c.offsets[k]
                 if dead >= COMPACT_MIN and dead > live - b:
-                    chunks[0] = Chunk(bytes(memoryview(c.data)[dead:]), c.count - k)
+                    chunks[0] = Chunk(bytes(memoryview(c.data)[dead:]), c.count - k, c.seq)
             evicted += n
             evicted_bytes += b
             excess -= b
@@ -228,6 +240,16 @@ class Ring:
         self._seal()
         views = tuple(c.view() for c in self.chunks)
         return Snapshot(views, self.records, self.bytes, self.window, self.c["dropped.evicted"])
+
+    def outside(self, view: ChunkView | None) -> bool:
+        """Whether a snapshot's ``view`` refers to memory the ring no longer
+        holds (its chunk was evicted, or replaced by a compacted copy)."""
+        if view is None:
+            return False
+        if not self.chunks:
+            return True  # every sealed chunk is gone
+        oldest = self.chunks[0]
+        return view.seq < oldest.seq or (view.seq == oldest.seq and view.data is not oldest.data)
 
     @property
     def chunk_count(self) -> int:
@@ -341,6 +363,12 @@ class Selection:
                     i -= 1
             del plans[: i + 1]
             return
+
+    def oldest_view(self) -> ChunkView | None:
+        """The oldest chunk this selection still refers to (None: none)."""
+        if not self.planned:
+            return self.snap.views[0] if self.snap.views else None
+        return self._plans[self._out].view if self._out < len(self._plans) else None
 
     # -- producing -----------------------------------------------------------------
     def _done_with(self, i: int) -> None:

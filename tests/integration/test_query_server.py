@@ -316,3 +316,53 @@ def test_rate_limit_slows_queries_without_timing_them_out():
         assert srv.c["query.timeouts"] == 0
     finally:
         srv.close()
+
+
+def test_no_new_query_while_one_holds_evicted_traffic():
+    """Memory bound: while a running query still holds chunks the ring has
+    evicted, a new query is refused as busy (its snapshot would keep another
+    window alive); once the first is done, it is served."""
+    ctx = zmq.Context()
+    c = Counters()
+    frames = [b"".join(RECORDS[i : i + 200]) for i in range(0, 1200, 200)]  # ~140 KB each
+    window = sum(len(f) for f in frames[:3])
+    r = ring.Ring(window, c)
+    for f in frames[:3]:
+        r.append(memoryview(f), 200)
+    router = ctx.socket(zmq.ROUTER)
+    query.QueryServer.configure(router)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    srv = query.QueryServer(router, r, c, timeout=30)
+    a = raw_client(ctx, f"tcp://127.0.0.1:{port}")
+    b = raw_client(ctx, f"tcp://127.0.0.1:{port}")
+
+    def serve():
+        wait_for(lambda: router.poll(10) != 0, what="a request")
+        srv.readable()
+        for _ in range(5):
+            srv.work()
+
+    try:
+        a.send_multipart([b"query", b'{"credit": 1}'])  # the pcap header, then it waits
+        serve()
+        assert a.recv_multipart()[0] == b"header" and a.recv_multipart()[0] == b"data"
+        for f in frames[3:]:  # the ring moves on: everything A holds is evicted
+            r.append(memoryview(f), 200)
+        b.send_multipart([b"query", b"{}"])
+        serve()
+        kind, body = b.recv_multipart()
+        assert kind == b"error" and json.loads(body)["kind"] == "busy"
+        assert "left the window" in json.loads(body)["error"]
+        assert c["query.refused_memory"] == 1
+        a.send_multipart([b"cancel"])
+        serve()
+        assert not srv.transfers
+        b.send_multipart([b"query", b"{}"])
+        serve()
+        kind, body = b.recv_multipart()
+        assert kind == b"header" and json.loads(body)["records"] == r.records > 0
+    finally:
+        a.close()
+        b.close()
+        router.close(linger=0)
+        ctx.term()

@@ -319,3 +319,47 @@ def test_a_query_lets_go_of_each_chunk_once_produced():
     gc.collect()
     assert all(ref() is None for ref in refs)
     assert first + rest == b"".join(parts[0] + parts[1] + parts[2])
+
+
+def test_outside_tells_when_a_query_holds_evicted_memory():
+    """Ring.outside(Selection.oldest_view()): False while everything the
+    query still has to send is in the ring, True once a chunk it holds was
+    evicted, False again once the query has produced it."""
+    frames = [b"".join(rec(k * 100 + i, 1000) for i in range(100)) for k in range(3)]
+    r = ring.Ring(3 * len(frames[0]))  # ~100 KB frames: their own chunks; three fit
+    for f in frames:
+        r.append(memoryview(f), 100)
+    sel = ring.Selection(r.snapshot())
+    assert not r.outside(sel.oldest_view())  # before planning: the snapshot's views
+    assert sel.plan()
+    assert not r.outside(sel.oldest_view())
+    r.append(memoryview(frames[0]), 100)  # ~100 KB more: the oldest chunk goes
+    assert r.outside(sel.oldest_view())
+    while (p := sel.next_piece()) is not None and r.outside(sel.oldest_view()):
+        pass
+    # the evicted chunk is produced; the rest is still in the ring
+    assert p is not None and not r.outside(sel.oldest_view())
+    while sel.next_piece() is not None:
+        pass
+    assert sel.oldest_view() is None and not r.outside(None)
+
+
+def test_a_compacted_chunk_is_outside_for_the_old_view():
+    big = b"".join(rec(i, 1000) for i in range(3000))  # ~3 MiB, one chunk
+    r = ring.Ring(len(big))
+    r.append(memoryview(big), 3000)
+    snap = r.snapshot()
+    r.append(memoryview(b"".join(rec(5000 + i, 1000) for i in range(1600))), 1600)
+    # more than half of the big chunk evicted: its live tail was copied
+    assert r.chunks[0].seq == snap.views[0].seq and r.chunks[0].data is not snap.views[0].data
+    assert r.outside(snap.views[0])
+    assert not r.outside(r.snapshot().views[0])
+
+
+def test_an_empty_ring_has_nothing_of_an_old_snapshot():
+    r = ring.Ring(10_000, block=4096)
+    r.append(memoryview(rec(1, 1000)), 1)
+    snap = r.snapshot()
+    for i in range(20):
+        r.append(memoryview(rec(2 + i, 1000)), 1)
+    assert r.outside(snap.views[0])

@@ -562,11 +562,17 @@ OPTIONS = [
            "5353'), compiled by libpcap on the receiver"),
     Option("timeout", ("--timeout",), type=config.positive_float, default=10.0, metavar="S",
            help="give up when the receiver does not answer for S seconds"),
+    Option("wait", ("--wait",), type=config.nonneg_float, default=0.0, metavar="S",
+           help="when the receiver answers busy (too many queries, or a running query "
+           "still holds traffic evicted from the window), ask again every second for up "
+           "to S seconds (0: fail at once)"),
 ] + security.CLIENT_OPTIONS + [o for o in config.LOG_OPTIONS if o.name in ("debug", "log_format")]
 
 
 class QueryFailed(Exception):
-    pass
+    def __init__(self, message: str, kind: str | None = None):
+        super().__init__(message)
+        self.kind = kind  # the receiver's refusal kind (docs/query-protocol.md), if any
 
 
 class _Sink:
@@ -633,10 +639,12 @@ def fetch(endpoint: str, req: Request, out, timeout: float, ctx: zmq.Context | N
             kind = parts[0].bytes
             if kind == MSG_ERROR:
                 try:
-                    err = json.loads(parts[1].bytes)["error"]
-                except (IndexError, ValueError, KeyError, TypeError):
-                    err = "unreadable error message"
-                raise QueryFailed(f"the receiver refused the query: {err}")
+                    body = json.loads(parts[1].bytes)
+                    err, why = str(body["error"]), body.get("kind")
+                except (IndexError, ValueError, KeyError, TypeError, AttributeError):
+                    err, why = "unreadable error message", None
+                raise QueryFailed(f"the receiver refused the query: {err}",
+                                  why if isinstance(why, str) else None)
             if kind == MSG_HEADER:
                 header = json.loads(parts[1].bytes)
                 log.debug("response header", extra={"event": "header", **header})
@@ -680,7 +688,16 @@ def main(argv: list[str] | None = None) -> int:
                              code=1)
     started = time.monotonic()
     try:
-        header = fetch(args.endpoint, req, sink, args.timeout, curve=curve)
+        while True:
+            try:
+                header = fetch(args.endpoint, req, sink, args.timeout, curve=curve)
+                break
+            except QueryFailed as e:
+                left = started + args.wait - time.monotonic()
+                if e.kind != "busy" or left <= 0:
+                    raise
+                log.info("%s: asking again in 1 s", e, extra={"event": "query_busy"})
+                time.sleep(min(1.0, left))
         sink.commit()
     except QueryFailed as e:
         sink.abort()

@@ -366,3 +366,27 @@ def test_no_new_query_while_one_holds_evicted_traffic():
         b.close()
         router.close(linger=0)
         ctx.term()
+
+
+def test_client_waits_while_the_receiver_is_busy(tmp_path, capfd):
+    """nflog-pcap-query --wait: a busy answer is retried every second until
+    the slot is free; without --wait it fails at once."""
+    srv = Server(timeout=30, max_queries=1)
+    holder = raw_client(srv.ctx, srv.endpoint)
+    try:
+        holder.send_multipart([b"query", b'{"credit": 1}'])
+        assert holder.recv_multipart()[0] == b"header"  # the only slot is taken
+        out = tmp_path / "out.pcap"
+        assert query.main([srv.endpoint, "-o", str(out)]) == 1
+        assert not out.exists() and "busy" in capfd.readouterr().err
+        release = threading.Timer(1.5, holder.send_multipart, ([b"cancel"],))
+        release.start()
+        t = time.monotonic()
+        assert query.main([srv.endpoint, "-o", str(out), "--wait", "20"]) == 0
+        release.join()
+        assert time.monotonic() - t >= 1.0
+        assert out.read_bytes() == WHOLE
+        assert srv.c["query.refused"] >= 2 and srv.c["query.served"] == 1
+    finally:
+        holder.close()
+        srv.close()

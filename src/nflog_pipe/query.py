@@ -686,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, QueryFailed) as e:
         return runtime.fatal("cannot write %s: %s", args.output, getattr(e, "strerror", None) or e,
                              code=1)
-    started = time.monotonic()
+    started = asked = time.monotonic()
     try:
         while True:
             try:
@@ -696,8 +696,10 @@ def main(argv: list[str] | None = None) -> int:
                 left = started + args.wait - time.monotonic()
                 if e.kind != "busy" or left <= 0:
                     raise
-                log.info("%s: asking again in 1 s", e, extra={"event": "query_busy"})
-                time.sleep(min(1.0, left))
+                pause = min(1.0, left)
+                log.info("%s: asking again in %.1f s", e, pause, extra={"event": "query_busy"})
+                time.sleep(pause)
+                asked = time.monotonic()
         sink.commit()
     except QueryFailed as e:
         sink.abort()
@@ -713,7 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("wrote %d packets (%d bytes) to %s", header["records"], header["bytes"],
              "stdout" if args.output == "-" else args.output,
              extra={"event": "query_done", "records": header["records"],
-                    "bytes": header["bytes"], "seconds": round(time.monotonic() - started, 3),
+                    "bytes": header["bytes"], "seconds": round(time.monotonic() - asked, 3),
+                    "waited": round(asked - started, 3),
                     "buffer": header["buffer"]})
     return 0
 

@@ -297,6 +297,7 @@ class Selection:
         self._plans: list[_Plan] = []
         self._next_view = 0
         self._out = 0  # plans fully produced
+        self._piece_view: ChunkView | None = None  # behind the last zero-copy piece
         self._every = since_us is None and until_us is None and flt is None
 
     # -- planning ----------------------------------------------------------------
@@ -365,9 +366,13 @@ class Selection:
             return
 
     def oldest_view(self) -> ChunkView | None:
-        """The oldest chunk this selection still refers to (None: none)."""
+        """The oldest chunk this selection still refers to (None: none),
+        the last zero-copy piece included: it keeps its chunk alive until the
+        next piece is asked for (the previous one has been handed on)."""
         if not self.planned:
             return self.snap.views[0] if self.snap.views else None
+        if self._piece_view is not None:
+            return self._piece_view
         return self._plans[self._out].view if self._out < len(self._plans) else None
 
     # -- producing -----------------------------------------------------------------
@@ -382,6 +387,7 @@ class Selection:
         (zero-copy); scattered records are gathered into a new buffer."""
         if not self.planned:
             raise RuntimeError("plan() first")
+        self._piece_view = None
         plans = self._plans
         buf = None
         pos = 0
@@ -393,6 +399,7 @@ class Selection:
                 if buf is None and left >= ZERO_COPY_MIN:
                     take = min(left, self.piece)
                     out = memoryview(v.data)[p.pos : p.pos + take]
+                    self._piece_view = v
                     p.pos += take
                     if p.pos == len(v.data):
                         self._done_with(self._out)

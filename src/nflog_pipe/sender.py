@@ -102,13 +102,13 @@ class DrainPacer:
         self.wait = 0.0
         self._t0: float | None = None
         self._b0 = 0
-        self._last = float("-inf")
 
-    def update(self, bytes_total: int, now: float) -> float:
-        """Feed the cumulative byte count after a drain; returns the seconds
-        to wait before the next drain (0: as soon as the socket has data)."""
-        gap = self.min_interval - (now - self._last)
-        self._last = now
+    def update(self, bytes_total: int, started: float, now: float) -> float:
+        """After a drain that began at ``started`` and ended at ``now``, with
+        the cumulative byte count: the seconds to wait before the next drain
+        (0: as soon as the socket has data).  The next drain then begins at
+        least ``min_interval`` after this one began."""
+        gap = started + self.min_interval - now
         if self._t0 is None:
             self._t0, self._b0 = now, bytes_total
         elif now - self._t0 >= self.interval:
@@ -127,7 +127,7 @@ class Sender:
                  rc: ratecontrol.RateController | None = None):
         self.reader = reader
         # a full frame: a batch closes once it holds more than --batch-size,
-        # after one more kernel batch (up to RECV_BUFSIZE, 256 KiB)
+        # somewhere below this capacity (--batch-size + 256 KiB)
         self.pacer = DrainPacer(reader.batch.cap)
         self.qpolicy = qpolicy
         self.sock = sock
@@ -290,8 +290,9 @@ class Sender:
             if self.sock in events and self.waiting:
                 self._send(False)
             if self.reader.fd in events:
+                started = time.monotonic()
                 self.pump()
-                wait = self.pacer.update(self.c["bytes_in"], time.monotonic())
+                wait = self.pacer.update(self.c["bytes_in"], started, time.monotonic())
                 if wait:
                     time.sleep(wait)  # more kernel batches join the next frame
             elif self.qpolicy:

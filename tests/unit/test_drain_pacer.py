@@ -2,6 +2,8 @@
 arrive fast, never longer than its bound, and drains at most once per
 millisecond."""
 
+import itertools
+
 import pytest
 
 from nflog_pipe.sender import DrainPacer
@@ -9,21 +11,24 @@ from nflog_pipe.sender import DrainPacer
 FRAME = 512 * 1024
 
 
-def feed(pacer, byte_rate, seconds, t0=0.0, b0=0, step=0.002):
-    """Drains `step` s apart at `byte_rate`; returns (last wait, t, bytes)."""
-    t, b, wait = t0, b0, None
+def feed(pacer, byte_rate, seconds, t0=0.0, b0=0, step=0.002, cost=0.0001):
+    """Drains `step` s apart at `byte_rate`, each taking `cost` s; returns
+    (the wait for a fuller frame after the last drain, t, bytes).  What
+    update() returns adds the 1 ms spacing of drains to it."""
+    t, b = t0, b0
     for _ in range(int(seconds / step)):
         t += step
         b += int(byte_rate * step)
-        wait = pacer.update(b, t)
-    return wait, t, b
+        ret = pacer.update(b, t - cost, t)
+        assert ret == pytest.approx(max(pacer.wait, 0.001 - cost))
+    return pacer.wait, t, b
 
 
 @pytest.mark.parametrize("byte_rate", [0, 1_000, 100 * 1_500, 50_000 * 1_428, 64 * 10**6])
 def test_no_wait_below_a_full_frame_within_the_bound(byte_rate):
     p = DrainPacer(FRAME, max_wait=0.005)
     wait, *_ = feed(p, byte_rate, 1.0)
-    assert wait == 0.0  # drains 2 ms apart: the 1 ms minimum gap does not apply either
+    assert wait == 0.0
 
 
 @pytest.mark.parametrize("byte_rate", [100_000 * 1_428, 250_000 * 1_428])
@@ -44,13 +49,23 @@ def test_stops_waiting_within_a_window_after_the_rate_drops():
 
 def test_drains_at_most_once_per_min_interval():
     p = DrainPacer(FRAME, min_interval=0.001)
-    assert p.update(0, 10.0) == 0.0
-    assert p.update(1_000, 10.0002) == pytest.approx(0.0008)  # 0.2 ms after the last
-    assert p.update(2_000, 10.0012) == pytest.approx(0.0)  # 1 ms after: no wait
+    assert p.update(0, 10.0, 10.0001) == pytest.approx(0.0009)  # began 0.1 ms ago
+    assert p.update(1_000, 10.0012, 10.0012) == pytest.approx(0.001)
+    assert p.update(2_000, 10.005, 10.0065) == 0.0  # a drain longer than the interval
 
 
-def test_a_flood_of_tiny_drains_is_paced_from_the_start():
+@pytest.mark.parametrize("cost", [0.00002, 0.0003, 0.0009])
+def test_a_flood_is_drained_at_most_once_per_millisecond(cost):
+    """Closed loop, as the sender runs it: data is always waiting, each
+    drain takes `cost`, the loop sleeps what update() returns.  Drains
+    begin at least 1 ms apart, and not much more."""
     p = DrainPacer(FRAME, min_interval=0.001)
-    waits = [p.update(i * 1_500, 5.0 + i * 0.0001) for i in range(20)]  # drains 0.1 ms apart
-    assert waits[0] == 0.0
-    assert all(w == pytest.approx(0.0009) for w in waits[1:])
+    t, b, starts = 5.0, 0, []
+    for _ in range(200):
+        starts.append(t)
+        b += 1_500
+        t += cost
+        t += p.update(b, starts[-1], t)
+    gaps = [y - x for x, y in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.001 - 1e-9
+    assert max(gaps) <= 0.001 + 1e-9

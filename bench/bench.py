@@ -299,17 +299,35 @@ def _totals(text: str) -> dict:
     return totals
 
 
-_RUN_SENDER = "import sys; from nflog_pipe.sender import main; sys.exit(main())"
+def project_command(script: str, module: str, tree: str | None = None) -> list[str]:
+    """The argv of this project's console ``script`` (``nflog_pipe.<module>``),
+    or, with ``tree``, of the same command in another built checkout (its
+    ``src`` first on the path), to compare two versions in one run."""
+    if tree is None:
+        return [_project(script)]
+    return ["env", f"PYTHONPATH={os.path.join(tree, 'src')}", sys.executable, "-c",
+            f"import sys; from nflog_pipe.{module} import main; sys.exit(main())"]
+
+
+def start_sender(env: NetnsPair, group: int, **kw) -> subprocess.Popen:
+    """nflog-zmq-send (default options, JSON logs) in the gw namespace,
+    PUSHing to port 5557 of the sink; returns once its group is bound and it
+    has settled (0.5 s).  ``kw`` go to ``env.popen`` (cpus, stderr, ...)."""
+    send = env.popen("gw", [_project("nflog-zmq-send"), str(group), f"tcp://{env.sink4}:5557",
+                            "--log-format", "json"], **kw)
+    deadline = time.monotonic() + 10
+    while group not in env.nflog_instances(send.pid):
+        if send.poll() is not None or time.monotonic() > deadline:
+            stop_process(send)
+            raise RuntimeError("sender did not bind its group")
+        time.sleep(0.05)
+    time.sleep(0.5)
+    return send
 
 
 def _zmq_send_spec(name: str, *extra: str, note: str, tree: str | None = None) -> ReaderSpec:
-    """``tree``: run the sender of another built checkout (its ``src``
-    first on the path), to compare two versions in one run."""
-    if tree is None:
-        cmd = [_project("nflog-zmq-send")]
-    else:
-        cmd = ["env", f"PYTHONPATH={os.path.join(tree, 'src')}", sys.executable, "-c",
-               _RUN_SENDER]
+    """``tree``: run the sender of another built checkout (project_command)."""
+    cmd = project_command("nflog-zmq-send", "sender", tree)
     return ReaderSpec(
         name=name,
         argv=lambda c: [*cmd, str(c.group), f"tcp://{c.env.sink4}:5557",
@@ -472,7 +490,8 @@ def table(results, readers, sizes, rates) -> str:
     return "\n".join(lines)
 
 
-def _cpus(s):
+def cpus_arg(s):
+    """A CPU list option: '0,1' -> {0, 1}; '' -> None (no affinity)."""
     return {int(x) for x in s.split(",")} if s else None
 
 
@@ -488,8 +507,8 @@ def main(argv=None):
     ap.add_argument("--port", type=int, default=9999, help="UDP destination port")
     ap.add_argument("--threshold", type=int, default=None, help="--nflog-threshold of the rule")
     ap.add_argument("--ipv6", action="store_true", help="send to the sink's IPv6 address")
-    ap.add_argument("--gen-cpus", type=_cpus, default={0}, help="udpgen CPU affinity ('' = none)")
-    ap.add_argument("--reader-cpus", type=_cpus, default={1}, help="reader CPU affinity ('' = none)")
+    ap.add_argument("--gen-cpus", type=cpus_arg, default={0}, help="udpgen CPU affinity ('' = none)")
+    ap.add_argument("--reader-cpus", type=cpus_arg, default={1}, help="reader CPU affinity ('' = none)")
     ap.add_argument("--drain-max", type=float, default=3.0, help="max seconds to wait for queues to empty")
     ap.add_argument("--custom", action="append", default=[], metavar="NAME=CMD",
                     help="extra reader; CMD may use {group} {port} {sink4} {sink6} {tmp}")

@@ -45,7 +45,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from netns import CpuMeter  # noqa: E402
 
-BIN = Path(sys.executable).parent
+from bench import project_command  # noqa: E402
+
 STATS_INTERVAL = 0.25
 WARMUP = 0.5
 
@@ -150,12 +151,8 @@ def run_once(mode: str, rate: int, a) -> dict:
         dd = subprocess.Popen(_pin(a.aux_cpu) + ["dd", f"if={fifo}", "of=/dev/null", "bs=1M",
                                                  "status=none"])
         procs.append(dd)
-        base, _, tree = mode.partition("@")
-        if tree:  # another checkout's receiver (--tree)
-            cmd = ["env", f"PYTHONPATH={a.trees[tree]}/src", sys.executable, "-c",
-                   "import sys; from nflog_pipe.receiver import main; sys.exit(main())"]
-        else:
-            cmd = [str(BIN / "nflog-pcap-recv")]
+        base, _, tree = mode.partition("@")  # MODE@NAME: another checkout's receiver (--tree)
+        cmd = project_command("nflog-pcap-recv", "receiver", a.trees[tree] if tree else None)
         extra = []
         if base == "buffer":
             extra = ["--buffer-interface", f"tcp://127.0.0.1:{free_port()}",

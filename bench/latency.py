@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from netns import NetnsPair, stop_process  # noqa: E402
 
-from bench import _project, build, log_totals  # noqa: E402
+from bench import _project, build, cpus_arg, log_totals, start_sender  # noqa: E402
 
 KEYS = ("p50_us", "p90_us", "p99_us", "max_us")
 
@@ -66,16 +66,9 @@ def run_point(env: NetnsPair, exe: dict, rate: int, size: int, a, run: int) -> d
                                   "--log-format", "json"], stderr=rerr, stdout=subprocess.DEVNULL)
         procs.append(recv)
         serr = open(os.path.join(tmp, "send.err"), "w")
-        send = env.popen("gw", [_project("nflog-zmq-send"), str(a.group),
-                                f"tcp://{env.sink4}:5557", "--log-format", "json"],
-                         cpus=a.reader_cpus, stderr=serr, stdout=subprocess.DEVNULL)
+        send = start_sender(env, a.group, cpus=a.reader_cpus, stderr=serr,
+                            stdout=subprocess.DEVNULL)
         procs.append(send)
-        deadline = time.monotonic() + 10
-        while a.group not in env.nflog_instances(send.pid):
-            if send.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("sender did not bind its group")
-            time.sleep(0.05)
-        time.sleep(0.5)
         batch = 1 if rate < 50000 else 32
         gen = env.popen("gw", [exe["udpgen"], env.sink4, str(a.port), str(size), str(rate),
                                str(count), str(a.duration + 5), str(batch)],
@@ -128,10 +121,6 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _cpus(s):
-    return {int(x) for x in s.split(",")} if s else None
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--points", default="1000,10000,100000,100000x1400",
@@ -140,8 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--group", type=int, default=5)
     ap.add_argument("--port", type=int, default=9999)
-    ap.add_argument("--gen-cpus", type=_cpus, default={0})
-    ap.add_argument("--reader-cpus", type=_cpus, default={1})
+    ap.add_argument("--gen-cpus", type=cpus_arg, default={0})
+    ap.add_argument("--reader-cpus", type=cpus_arg, default={1})
     ap.add_argument("--json", help="write raw results here")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:

@@ -38,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from netns import NetnsPair, stop_process  # noqa: E402
 
-from bench import _project, build, log_totals  # noqa: E402
+from bench import _project, build, log_totals, start_sender  # noqa: E402
 
 MiB = 1 << 20
 SENDER_QUEUE = 50 * (256 + 256) * 1024   # --zmq-buffer x largest frame (defaults)
@@ -84,16 +84,8 @@ def sender_receiver_stopped(a) -> dict:
                                       "/dev/null", "--log-format", "json"], stderr=rerr)
             procs.append(recv)
             serr = open(os.path.join(tmp, "send.err"), "w")
-            send = env.popen("gw", [_project("nflog-zmq-send"), str(a.group),
-                                    f"tcp://{env.sink4}:5557", "--log-format", "json"],
-                             cpus={1}, stderr=serr)
+            send = start_sender(env, a.group, cpus={1}, stderr=serr)
             procs.append(send)
-            deadline = time.monotonic() + 10
-            while a.group not in env.nflog_instances(send.pid):
-                if send.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("sender did not bind its group")
-                time.sleep(0.05)
-            time.sleep(0.5)
             base = _status(send.pid).get("VmRSS", 0)
             gen = env.popen("gw", [exe["udpgen"], env.sink4, str(a.port), "1400", "0",
                                    str(10**9), str(a.duration + 1)], cpus={0},

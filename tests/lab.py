@@ -243,3 +243,15 @@ def wait_until(cond, timeout: float = 10.0, interval: float = 0.05, what: str = 
             return v
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def newest_fitting(records: list[bytes], budget: int) -> list[bytes]:
+    """The newest records whose sizes add up to at most ``budget``, in order:
+    what a traffic buffer of that window keeps (the test oracle)."""
+    kept, total = [], 0
+    for r in reversed(records):
+        if total + len(r) > budget:
+            break
+        kept.append(r)
+        total += len(r)
+    return kept[::-1]

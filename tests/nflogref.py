@@ -36,3 +36,12 @@ def udp_payload(ip: bytes) -> bytes:
         return ip[ihl + 8 :]
     assert ip[0] >> 4 == 6 and ip[6] == 17
     return ip[48:]
+
+
+def nflog_payload_count(path) -> int:
+    """Packets in tcpdump's NFLOG capture file at ``path`` so far (0 while it
+    cannot be read whole yet: tcpdump is still writing it)."""
+    try:
+        return len(nflog_payloads(path.read_bytes()))
+    except (ValueError, AssertionError):
+        return 0

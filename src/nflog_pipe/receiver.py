@@ -28,7 +28,7 @@ from .output import PcapOutput
 from .query import QueryServer, buffer_endpoint
 from .ring import Ring, tune_malloc
 from .tap import Tap, tap_endpoint
-from .tracking import StreamTracker
+from .tracking import StreamTracker, drain
 
 log = logging.getLogger("nflog_pipe.receiver")
 SERVICE = "recv"
@@ -56,7 +56,8 @@ OPTIONS = [
     Option("buffer_interface", ("--buffer-interface",), type=buffer_endpoint,
            metavar="ENDPOINT", help="keep the last --buffer-window MiB of traffic and serve it "
            "to nflog-pcap-query on this ZeroMQ endpoint (a bare port means tcp://127.0.0.1:PORT)"
-           "; no authentication yet: bind to loopback or a trusted network"),
+           "; with --curve-secret-key/--curve-allow only allowed clients, without keys "
+           "loopback only unless --insecure-bind"),
     Option("buffer_window", ("--buffer-window",), type=config.positive_float, default=64.0,
            metavar="MiB", help="size of the traffic buffer in pcap bytes (a hard bound); the "
            "oldest packets are evicted (counted as dropped.evicted)"),
@@ -70,7 +71,7 @@ OPTIONS = [
     Option("tap", ("--tap",), type=tap_endpoint, metavar="ENDPOINT",
            help="stream the live traffic to PCAP-over-IP clients (Wireshark TCP@host:port) on "
            "this TCP endpoint: tcp://HOST:PORT, HOST:PORT or PORT (127.0.0.1); no "
-           "authentication yet"),
+           "authentication (PCAP-over-IP has none): loopback only unless --insecure-bind"),
     Option("tap_buffer", ("--tap-buffer",), type=config.positive_float, default=4.0,
            metavar="MiB", help="how far a tap client may fall behind before it is "
            "disconnected (counted as dropped.tap_slow)"),
@@ -131,14 +132,8 @@ def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput,
         events = dict(poller.poll(wait * 1000))
         backlog = False
         if pull in events:
-            for _ in range(256):
-                try:
-                    msg = pull.recv(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                recv.handle(msg.buffer, _peer(msg))
-            else:
-                backlog = True  # more frames waiting: the live path is saturated
+            # True: more frames waiting, the live path is saturated
+            backlog = drain(pull, recv.handle, 256)
         if output.wants_write:
             output.flush()
         if queries is not None:
@@ -195,13 +190,6 @@ def _tap_events(tap: Tap, events: dict) -> None:
                 tap.readable(item)
             if ev & zmq.POLLOUT:
                 tap.writable(item)
-
-
-def _peer(msg: zmq.Frame) -> str:
-    try:
-        return msg.get("Peer-Address") or ""
-    except zmq.ZMQError:
-        return ""
 
 
 def main(argv: list[str] | None = None) -> int:

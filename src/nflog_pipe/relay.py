@@ -32,7 +32,7 @@ from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
 from .ratecontrol import Output, RateController
-from .tracking import StreamTracker
+from .tracking import StreamTracker, drain
 
 log = logging.getLogger("nflog_pipe.relay")
 
@@ -185,12 +185,7 @@ class Relay:
                 if due is not None:
                     timeout = min(timeout, due)
             if poller.poll(timeout * 1000):
-                for _ in range(256):
-                    try:
-                        msg = pull.recv(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self.handle(msg.buffer, _peer(msg))
+                drain(pull, self.handle, 256)
             now = time.monotonic()
             self.tick(now)
             if rt is not None:
@@ -202,12 +197,7 @@ class Relay:
         the rate controller still holds."""
         if self.pull is None:
             return
-        for _ in range(max_frames):
-            try:
-                msg = self.pull.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            self.handle(msg.buffer, _peer(msg))
+        drain(self.pull, self.handle, max_frames)
         if self.rc is not None:
             for out in self.rc.flush():
                 self._send(out)
@@ -249,13 +239,6 @@ class Relay:
 
     def per_sender(self) -> dict:
         return self.tracker.per_sender()
-
-
-def _peer(msg: zmq.Frame) -> str:
-    try:
-        return msg.get("Peer-Address") or ""
-    except zmq.ZMQError:
-        return ""
 
 
 # -- the commands ------------------------------------------------------------------

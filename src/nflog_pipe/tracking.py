@@ -9,6 +9,9 @@ packets, and also counted in ``packets_in`` so that the totals add up).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+
+import zmq
 
 from .frame import HEADER, HEADER_SIZE, Frame, FrameError, decode
 from .logs import RateLimited
@@ -16,6 +19,27 @@ from .metrics import Counters
 
 #: streams tracked at once; beyond it the least recently seen is forgotten
 MAX_STREAMS = 4096
+
+
+def peer_address(msg: zmq.Frame) -> str:
+    """The sending peer's address, as ZeroMQ knows it ("" if it does not)."""
+    try:
+        return msg.get("Peer-Address") or ""
+    except zmq.ZMQError:
+        return ""
+
+
+def drain(sock: zmq.Socket, handle: Callable[[memoryview, str], object], limit: int) -> bool:
+    """Hand at most ``limit`` frames ZeroMQ has already received on ``sock``
+    to ``handle(data, peer)``, without waiting.  True when the limit was
+    reached: more may be waiting (the stage is saturated)."""
+    for _ in range(limit):
+        try:
+            msg = sock.recv(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        handle(msg.buffer, peer_address(msg))
+    return True
 
 
 class SenderTrack:

@@ -1,5 +1,6 @@
 """QueryServer on a real ROUTER socket (loopback TCP), driven by a loop like
-the receiver's in a thread; clients are query.fetch and raw DEALER sockets."""
+the receiver's in a thread (Server) or step by step by the test (Stepped);
+clients are query.fetch and raw DEALER sockets."""
 
 import json
 import threading
@@ -7,6 +8,7 @@ import time
 
 import pytest
 import zmq
+from lab import wait_until
 
 from nflog_pipe import pcap, query, ring
 from nflog_pipe.metrics import Counters
@@ -16,19 +18,43 @@ RECORDS = [pcap.record(1_700_000_000 + i // 1000, i % 1000, b"\x45" + bytes(200 
 WHOLE = pcap.GLOBAL_HEADER_BYTES + b"".join(RECORDS)
 
 
-class Server:
-    def __init__(self, timeout=10.0, max_queries=4, rate=0.0):
+def ring_of(frames, window=64 << 20) -> tuple[ring.Ring, Counters]:
+    """A ring filled with ``frames``: lists of records, one frame each."""
+    c = Counters()
+    r = ring.Ring(window, c)
+    for f in frames:
+        r.append(memoryview(b"".join(f)), len(f))
+    return r, c
+
+
+class Stepped:
+    """A QueryServer on a real ROUTER socket (loopback TCP), driven by the
+    test itself, step by step."""
+
+    def __init__(self, r: ring.Ring, c: Counters, timeout=30.0, max_queries=4, rate=0.0):
         self.ctx = zmq.Context()
-        self.c = Counters()
-        self.ring = ring.Ring(64 << 20, self.c)
-        for i in range(0, len(RECORDS), 100):
-            chunk = RECORDS[i : i + 100]
-            self.ring.append(memoryview(b"".join(chunk)), len(chunk))
+        self.c = c
+        self.ring = r
         self.sock = self.ctx.socket(zmq.ROUTER)
         query.QueryServer.configure(self.sock)
         port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.endpoint = f"tcp://127.0.0.1:{port}"
         self.srv = query.QueryServer(self.sock, self.ring, self.c, timeout, max_queries, rate)
+
+    def client(self):
+        return raw_client(self.ctx, self.endpoint)
+
+    def close(self):
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+class Server(Stepped):
+    """The same, driven by a loop like the receiver's in a thread."""
+
+    def __init__(self, timeout=10.0, max_queries=4, rate=0.0):
+        super().__init__(*ring_of(RECORDS[i : i + 100] for i in range(0, len(RECORDS), 100)),
+                         timeout, max_queries, rate)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
         self.thread.start()
@@ -48,8 +74,7 @@ class Server:
     def close(self):
         self.stop.set()
         self.thread.join(10)
-        self.sock.close(linger=0)
-        self.ctx.term()
+        super().close()
 
 
 @pytest.fixture
@@ -75,12 +100,7 @@ class Buf(bytearray):
 
 
 def wait_for(cond, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_until(cond, timeout, 0.02, what)
 
 
 def raw_client(ctx, endpoint):
@@ -191,16 +211,10 @@ def test_credit_after_vanishing_is_an_abort():
     """A transfer with credit left whose client is gone ends at the next send
     (EHOSTUNREACH), not after --buffer-timeout.  The server is driven step by
     step so that the client is gone before the server uses the credit."""
-    ctx = zmq.Context()
-    c = Counters()
-    r = ring.Ring(64 << 20, c)
-    r.append(memoryview(b"".join(RECORDS)), len(RECORDS))
-    router = ctx.socket(zmq.ROUTER)
-    query.QueryServer.configure(router)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
+    s = Stepped(*ring_of([RECORDS]))
+    router, srv, c = s.sock, s.srv, s.c
     monitor = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-    srv = query.QueryServer(router, r, c, timeout=30)
-    client = raw_client(ctx, f"tcp://127.0.0.1:{port}")
+    client = s.client()
     try:
         client.send_multipart([b"query", b'{"credit": 1}'])
         wait_for(lambda: router.poll(10) != 0, what="the request")
@@ -225,8 +239,7 @@ def test_credit_after_vanishing_is_an_abort():
         assert c["query.timeouts"] == 0 and c["query.served"] == 0
     finally:
         monitor.close()
-        router.close(linger=0)
-        ctx.term()
+        s.close()
 
 
 def test_cancel(server):
@@ -277,15 +290,9 @@ def test_no_receiver_is_a_clear_error():
 def test_live_backlog_gets_priority():
     """While the live path has a backlog, a transfer sends one message per
     loop turn instead of a burst."""
-    ctx = zmq.Context()
-    c = Counters()
-    r = ring.Ring(64 << 20, c)
-    r.append(memoryview(b"".join(RECORDS)), len(RECORDS))
-    router = ctx.socket(zmq.ROUTER)
-    query.QueryServer.configure(router)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    srv = query.QueryServer(router, r, c, timeout=30)
-    client = raw_client(ctx, f"tcp://127.0.0.1:{port}")
+    s = Stepped(*ring_of([RECORDS]))
+    router, srv = s.sock, s.srv
+    client = s.client()
     try:
         client.send_multipart([b"query", b'{"credit": 64}'])
         wait_for(lambda: router.poll(10) != 0, what="the request")
@@ -302,8 +309,7 @@ def test_live_backlog_gets_priority():
         assert kinds == [b"header", b"data"] + [b"data"] * srv.BURST
     finally:
         client.close()
-        router.close(linger=0)
-        ctx.term()
+        s.close()
 
 
 def test_rate_limit_slows_queries_without_timing_them_out():
@@ -327,19 +333,10 @@ def test_no_new_query_while_one_holds_evicted_traffic():
     """Memory bound: while a running query still holds chunks the ring has
     evicted, a new query is refused as busy (its snapshot would keep another
     window alive); once the first is done, it is served."""
-    ctx = zmq.Context()
-    c = Counters()
-    frames = [b"".join(RECORDS[i : i + 200]) for i in range(0, 1200, 200)]  # ~140 KB each
-    window = sum(len(f) for f in frames[:3])
-    r = ring.Ring(window, c)
-    for f in frames[:3]:
-        r.append(memoryview(f), 200)
-    router = ctx.socket(zmq.ROUTER)
-    query.QueryServer.configure(router)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    srv = query.QueryServer(router, r, c, timeout=30)
-    a = raw_client(ctx, f"tcp://127.0.0.1:{port}")
-    b = raw_client(ctx, f"tcp://127.0.0.1:{port}")
+    frames = [RECORDS[i : i + 200] for i in range(0, 1200, 200)]  # ~140 KB each
+    s = Stepped(*ring_of(frames[:3], window=sum(len(b"".join(f)) for f in frames[:3])))
+    router, srv, c, r = s.sock, s.srv, s.c, s.ring
+    a, b = s.client(), s.client()
 
     def serve():
         wait_for(lambda: router.poll(10) != 0, what="a request")
@@ -352,7 +349,7 @@ def test_no_new_query_while_one_holds_evicted_traffic():
         serve()
         assert a.recv_multipart()[0] == b"header" and a.recv_multipart()[0] == b"data"
         for f in frames[3:]:  # the ring moves on: everything A holds is evicted
-            r.append(memoryview(f), 200)
+            r.append(memoryview(b"".join(f)), len(f))
         b.send_multipart([b"query", b"{}"])
         serve()
         kind, body = b.recv_multipart()
@@ -369,8 +366,7 @@ def test_no_new_query_while_one_holds_evicted_traffic():
     finally:
         a.close()
         b.close()
-        router.close(linger=0)
-        ctx.term()
+        s.close()
 
 
 def test_client_waits_while_the_receiver_is_busy(tmp_path, capfd):

@@ -1,9 +1,12 @@
+import os
+import signal
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from lab import FifoReader, Lab, Link, Netns
+from lab import FifoReader, Lab, Link, Netns, send_udp
 
 ZMQ_PORT = 5555
 
@@ -43,6 +46,18 @@ class Pipe:
         dst = dst or (self.link.b6 if v6 else self.link.b4)
         (ns or self.gw).iptables("-A", "OUTPUT", "-d", dst, "-p", "udp", "--dport", str(port),
                                  "-j", "NFLOG", "--nflog-group", str(group), *extra, v6=v6)
+
+    def burst_while_stopped(self, sender, port: int, payloads_file: Path) -> int:
+        """Send ``payloads_file`` as fast as possible while ``sender`` is
+        stopped (SIGSTOP), so that its netlink buffer overruns; returns the
+        packets sent.  The sender runs again afterwards."""
+        os.kill(sender.pid, signal.SIGSTOP)
+        try:
+            sent = send_udp(self.gw, self.link.b4, port, payloads_file, pace=0)
+            time.sleep(0.2)
+        finally:
+            os.kill(sender.pid, signal.SIGCONT)
+        return sent
 
     def reader(self) -> FifoReader:
         r = FifoReader(self.fifo)

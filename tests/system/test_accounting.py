@@ -70,13 +70,8 @@ def test_kernel_overrun_counted_exactly(pipe, tmp_path):
     reader = pipe.reader()
     sender = pipe.start_sender("3", "--libnflog-nlbufsiz", "0.0625",
                                "--libnflog-nlbufsiz-max", "0.0625")
-    os.kill(sender.pid, signal.SIGSTOP)
-    try:
-        burst = send_udp(pipe.gw, pipe.link.b4, 7301,
-                         payload_file(tmp_path / "burst", [b"b" * 1000] * 3000), pace=0)
-        time.sleep(0.2)
-    finally:
-        os.kill(sender.pid, signal.SIGCONT)
+    burst = pipe.burst_while_stopped(sender, 7301,
+                                     payload_file(tmp_path / "burst", [b"b" * 1000] * 3000))
     time.sleep(0.5)
     # packets after the loss reveal the gap in the sequence numbers
     after = send_udp(pipe.gw, pipe.link.b4, 7301, payload_file(tmp_path / "after", [b"a"] * 10))

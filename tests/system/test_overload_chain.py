@@ -8,7 +8,6 @@ add up, the stages must agree with each other, and sent = delivered + every
 counted drop, exactly."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -40,13 +39,8 @@ def test_where_every_packet_went(pipe, tmp_path, capsys):
     sender = pipe.start_sender("30", "--libnflog-nlbufsiz", "0.0625", "--libnflog-nlbufsiz-max",
                                "0.0625", endpoint=f"tcp://{pipe.link.b4}:5601")
     # phase 1, no FIFO reader: a burst the stopped sender cannot read
-    os.kill(sender.pid, signal.SIGSTOP)
-    try:
-        sent = send_udp(pipe.gw, pipe.link.b4, 7600,
-                        payload_file(tmp_path / "burst", [b"B" * 1000] * 3000), pace=0)
-        time.sleep(0.2)
-    finally:
-        os.kill(sender.pid, signal.SIGCONT)
+    sent = pipe.burst_while_stopped(sender, 7600,
+                                    payload_file(tmp_path / "burst", [b"B" * 1000] * 3000))
     time.sleep(1.0)
     # phase 2, a reader: steady traffic above --hwm
     reader = FifoReader(pipe.fifo)

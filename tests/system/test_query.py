@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_payloads, payload_file
-from lab import ROOT, run, send_udp, tool, wait_until
+from lab import ROOT, newest_fitting, run, send_udp, tool, wait_until
 from nflogref import udp_payload
 
 from nflog_pipe import pcap
@@ -53,16 +53,6 @@ def fifo_records(reader) -> list[pcap.Record]:
         return pcap.parse(bytes(reader.data))[1]
     except ValueError:  # a record still on its way
         return []
-
-
-def newest_fitting(records: list[bytes], budget: int) -> list[bytes]:
-    kept, total = [], 0
-    for r in reversed(records):
-        if total + len(r) > budget:
-            break
-        kept.append(r)
-        total += len(r)
-    return kept[::-1]
 
 
 def tshark_udp(path: Path) -> list[tuple[int, bytes]]:

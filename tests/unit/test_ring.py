@@ -8,6 +8,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lab import newest_fitting
 
 from nflog_pipe import pcap, ring
 from nflog_pipe.bpf import Filter
@@ -39,16 +40,6 @@ def frames_of(records: list[bytes], sizes: list[int]) -> list[tuple[bytes, int]]
         i += n
         k += 1
     return out
-
-
-def newest_fitting(records: list[bytes], budget: int) -> list[bytes]:
-    kept, total = [], 0
-    for r in reversed(records):
-        if total + len(r) > budget:
-            break
-        kept.append(r)
-        total += len(r)
-    return kept[::-1]
 
 
 def fetch(snap, **kw) -> tuple[bytes, ring.Selection]:

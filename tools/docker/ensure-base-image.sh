@@ -74,42 +74,10 @@ else
     esac
 fi
 
-# Print "URI<TAB>SUITE" for every deb (not deb-src) entry in the host's apt sources.
-host_apt_entries() {
-    local f
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        # deb822: stanzas separated by blank lines; skip Enabled: no
-        awk '
-            function flush() {
-                if (types ~ /(^|[ \t])deb([ \t]|$)/ && enabled != "no")
-                    for (i = 1; i <= nu; i++) for (j = 1; j <= ns; j++) print u[i] "\t" s[j]
-                types = ""; enabled = ""; nu = 0; ns = 0
-            }
-            /^[ \t]*#/ { next }
-            /^[ \t]*$/ { flush(); next }
-            tolower($1) == "types:"   { types = $0; next }
-            tolower($1) == "enabled:" { enabled = tolower($2); next }
-            tolower($1) == "uris:"    { nu = 0; for (k = 2; k <= NF; k++) u[++nu] = $k; next }
-            tolower($1) == "suites:"  { ns = 0; for (k = 2; k <= NF; k++) s[++ns] = $k; next }
-            END { flush() }
-        ' "$f"
-    done
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [ -f "$f" ] || continue
-        # deb [opts] URI SUITE COMPONENTS...
-        sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" | awk '$1 == "deb" && NF >= 3 { print $2 "\t" $3 }'
-    done
-}
-entries=$(host_apt_entries || true)
-pick_uri() {  # $1 = suite to match exactly
-    printf '%s\n' "$entries" | awk -F'\t' -v s="$1" '$2 == s { print $1; exit }'
-}
-MIRROR=${BASE_IMAGE_MIRROR:-$(pick_uri "$SUITE")}
-# the host may be on another suite: take the URI of any plain Debian suite entry
-[ -n "$MIRROR" ] || MIRROR=$(printf '%s\n' "$entries" |
-    awk -F'\t' '$2 ~ /^(bullseye|bookworm|trixie|forky|sid|stable|testing|unstable)$/ { print $1; exit }')
-[ -n "$MIRROR" ] || MIRROR=http://deb.debian.org/debian
+# the host's apt sources, deb822 or one-line (tools/lib/apt-sources.sh)
+. "$(dirname "$0")/../lib/apt-sources.sh"
+entries=$(apt_entries)
+MIRROR=${BASE_IMAGE_MIRROR:-$(apt_mirror "$SUITE")}
 MIRROR=${MIRROR%/}
 SECURITY_MIRROR=${BASE_IMAGE_SECURITY_MIRROR:-$(printf '%s\n' "$entries" |
     awk -F'\t' '$2 ~ /-security$/ { print $1; exit }')}

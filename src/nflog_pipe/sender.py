@@ -14,13 +14,16 @@ import os
 import random
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import zmq
 
 from . import config, frame, privs, ratecontrol, runtime, security
 from .config import Option
 from .metrics import Counters
-from .nflog import NflogError, NflogReader, QthreshPolicy
+
+if TYPE_CHECKING:  # the binding links libnetfilter_log: loaded by main() only (_load_nflog)
+    from .nflog import NflogReader, QthreshPolicy
 
 log = logging.getLogger("nflog_pipe.sender")
 SERVICE = "send"
@@ -308,9 +311,27 @@ class Sender:
                 self._emit(out)
 
 
+def _load_nflog():
+    """The NFLOG binding, loaded only by the command that reads NFLOG: the receiver,
+    the relays and the query tool run on hosts without libnetfilter_log."""
+    try:
+        from . import nflog
+    except ImportError as e:
+        if "libnetfilter_log" in str(e):
+            raise ImportError(f"cannot load libnetfilter_log ({e}): install the Debian package "
+                              "libnetfilter-log1") from None
+        raise ImportError(f"the NFLOG binding nflog_pipe._nflog is missing ({e}): reinstall the "
+                          "package on a host with libnetfilter-log-dev") from None
+    return nflog
+
+
 def main(argv: list[str] | None = None) -> int:
     args = config.parse_args("nflog-zmq-send", __doc__.split("\n\n")[0], OPTIONS, argv)
     runtime.setup_logging(SERVICE, args)
+    try:
+        nflog = _load_nflog()
+    except ImportError as e:
+        return runtime.fatal("%s", e)
     sender_id = (args.sender_id or config.short_hostname()).encode()
     if len(sender_id) > frame.MAX_SENDER_ID:
         return runtime.fatal("--sender-id is longer than %d bytes", frame.MAX_SENDER_ID)
@@ -337,13 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     timeout_cs = round(args.libnflog_timeout * 100)
     adaptive = args.libnflog_qthresh == "auto"
     try:
-        reader = NflogReader(
+        reader = nflog.NflogReader(
             args.groups, rcvbuf=int(args.libnflog_nlbufsiz * 2**20),
             rcvbuf_max=int(args.libnflog_nlbufsiz_max * 2**20),
             kbufsiz=args.libnflog_kbufsiz * 1024, qthresh=1 if adaptive else args.libnflog_qthresh,
             timeout_cs=timeout_cs, batch_bytes=args.batch_size * 1024,
             header_room=frame.HEADER_SIZE + len(sender_id))
-    except NflogError as e:
+    except nflog.NflogError as e:
         return runtime.fatal("cannot set up NFLOG: %s", e)
     # Privileges go before any thread exists: capabilities are per thread and
     # ZeroMQ starts I/O threads with its context.  The qthresh controller is
@@ -353,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         if adaptive:
             uid, gid = privs.resolve_user(args.user)[:2] if args.user else (os.getuid(), os.getgid())
             reader.start_qthresh_controller(uid, gid)
-            qpolicy = QthreshPolicy(start=1)
+            qpolicy = nflog.QthreshPolicy(start=1)
         who = privs.drop(args.user)
     except (OSError, privs.PrivilegeError) as e:
         reader.close()

@@ -30,7 +30,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 ONE_LINE = """\
 # classic layout
 deb http://classic.example/debian {suite} main
-deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://classic.example/debian {suite}-updates main
+deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] http://classic.example/debian {suite}-updates main
 deb-src http://classic.example/debian {suite} main
 deb http://classic.example/debian-security {suite}-security main
 """

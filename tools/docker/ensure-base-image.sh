@@ -76,12 +76,9 @@ fi
 
 # the host's apt sources, deb822 or one-line (tools/lib/apt-sources.sh)
 . "$(dirname "$0")/../lib/apt-sources.sh"
-entries=$(apt_entries)
 MIRROR=${BASE_IMAGE_MIRROR:-$(apt_mirror "$SUITE")}
 MIRROR=${MIRROR%/}
-SECURITY_MIRROR=${BASE_IMAGE_SECURITY_MIRROR:-$(printf '%s\n' "$entries" |
-    awk -F'\t' '$2 ~ /-security$/ { print $1; exit }')}
-[ -n "$SECURITY_MIRROR" ] || SECURITY_MIRROR=${MIRROR%/debian}/debian-security
+SECURITY_MIRROR=${BASE_IMAGE_SECURITY_MIRROR:-$(apt_security_mirror)}
 SECURITY_MIRROR=${SECURITY_MIRROR%/}
 log "suite=$SUITE mirror=$MIRROR security=$SECURITY_MIRROR"
 
@@ -122,24 +119,11 @@ log "debootstrap took $(( $(date +%s) - t0 ))s"
 R=$ROOTFS
 # apt sources: deb822 like the official image, pointing at the host's mirror
 rm -f "$R/etc/apt/sources.list"
-{
-    printf 'Types: deb\nURIs: %s\nSuites: %s %s-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-        "$MIRROR" "$SUITE" "$SUITE"
-    if [ "$SUITE" != sid ]; then
-        printf '\nTypes: deb\nURIs: %s\nSuites: %s-security\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-            "$SECURITY_MIRROR" "$SUITE"
-    fi
-} > "$R/etc/apt/sources.list.d/debian.sources"
+apt_official_sources "$SUITE" "$MIRROR" "$SECURITY_MIRROR" > "$R/etc/apt/sources.list.d/debian.sources"
 
 # host apt settings needed to use this mirror (e.g. a snapshot/proxy mirror whose
 # Release files are past Valid-Until)
-{
-    echo "// copied from the build host's apt configuration by ensure-base-image.sh"
-    for key in Acquire::Check-Valid-Until Acquire::Check-Date Acquire::http::Proxy Acquire::https::Proxy; do
-        val=$(apt-config dump "$key" 2>/dev/null | awk -v k="$key" '$1 == k { v = $0; sub(/^[^ ]+ /, "", v); sub(/;$/, "", v); print v; exit }')
-        [ -n "$val" ] && printf '%s %s;\n' "$key" "$val"
-    done
-} > "$R/etc/apt/apt.conf.d/90host-mirror"
+apt_host_settings > "$R/etc/apt/apt.conf.d/90host-mirror"
 
 # the apt/dpkg tweaks of the official debian:*-slim images
 cat > "$R/etc/apt/apt.conf.d/docker-clean" <<'X'

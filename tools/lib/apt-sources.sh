@@ -8,6 +8,12 @@
 #   apt_mirror [SUITE]   the URI of the Debian mirror: the entry for SUITE if there
 #                        is one, else any plain Debian suite's, else deb.debian.org
 #   apt_has_suite SUITE  exit 0 when some enabled entry already uses SUITE
+#   apt_security_mirror  the URI of the security suite's entry, else derived from the mirror
+#   apt_host_settings    the host's apt settings a root built from its mirror needs too
+#                        (Check-Valid-Until/Check-Date for snapshot mirrors, proxies),
+#                        as an apt.conf fragment
+#   apt_official_sources SUITE MIRROR SECURITY_MIRROR
+#                        the deb822 debian.sources of Debian's official images
 #
 # APT_ROOT (default empty) is prepended to every path: the tests read made-up layouts.
 
@@ -50,4 +56,32 @@ apt_mirror() {
 
 apt_has_suite() {
     apt_entries | awk -F'\t' -v s="$1" '$2 == s { found = 1 } END { exit !found }'
+}
+
+apt_security_mirror() {
+    local uri
+    uri=$(apt_entries | awk -F'\t' '$2 ~ /-security$/ { print $1; exit }')
+    [ -n "$uri" ] || uri=$(apt_mirror)
+    uri=${uri%/}
+    case "$uri" in */debian-security) ;; */debian) uri=${uri%/debian}/debian-security ;; esac
+    printf '%s\n' "$uri"
+}
+
+apt_host_settings() {
+    local key val
+    echo "// copied from the host's apt configuration (tools/lib/apt-sources.sh)"
+    for key in Acquire::Check-Valid-Until Acquire::Check-Date Acquire::http::Proxy Acquire::https::Proxy; do
+        val=$(apt-config dump "$key" 2>/dev/null |
+              awk -v k="$key" '$1 == k { v = $0; sub(/^[^ ]+ /, "", v); sub(/;$/, "", v); print v; exit }')
+        [ -z "$val" ] || printf '%s %s;\n' "$key" "$val"
+    done
+}
+
+apt_official_sources() {
+    printf 'Types: deb\nURIs: %s\nSuites: %s %s-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$2" "$1" "$1"
+    if [ "$1" != sid ]; then
+        printf '\nTypes: deb\nURIs: %s\nSuites: %s-security\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+            "$3" "$1"
+    fi
 }

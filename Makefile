@@ -15,9 +15,10 @@ install: $(BIN)/nflog-zmq-send
 $(BIN)/nflog-zmq-send: pyproject.toml setup.py $(wildcard src/nflog_pipe/_native/*)
 	@if [ "$$(id -u)" = 0 ]; then tools/install-deps.sh; \
 	 else echo "not root: skipping Debian packages (see tools/install-deps.sh)"; fi
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	@command -v $(PYTHON) >/dev/null || { echo "make install: $(PYTHON) not found: apt-get install python3 python3-venv (as root: tools/install-deps.sh)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV) || { echo "make install: '$(PYTHON) -m venv' failed: apt-get install python3-venv (tools/install-deps.sh does)" >&2; exit 1; }
+	$(BIN)/pip install -q --upgrade pip || { echo "make install: pip could not upgrade itself: check access to PyPI (proxy, certificates)" >&2; exit 1; }
+	$(BIN)/pip install -q -e '.[test]' || { echo "make install: pip install -e '.[test]' failed: its message is above" >&2; exit 1; }
 	@touch $@
 
 deps:
@@ -59,7 +60,7 @@ lint: install
 	$(BIN)/ruff check src tests bench
 
 # Containers (docs/deployment.md).  As root, the Docker engine and the base
-# image are set up first (no registry here: debian:bookworm-slim is built
+# image are set up first (no registry here: debian:trixie-slim is built
 # with debootstrap when it cannot be pulled).
 docker-ready:
 	@if [ "$$(id -u)" = 0 ]; then tools/docker/ensure-engine.sh && tools/docker/ensure-base-image.sh; fi

@@ -73,6 +73,7 @@ check_release() {
     t0=$(date +%s)
     log="$log_dir/check-fresh-$rel.log"
     ROOT=$(mktemp -d "/var/tmp/check-fresh-$rel.XXXXXX")
+    chmod 0755 "$ROOT"                    # it becomes /: mktemp made it 0700
     say "$rel: debootstrap --variant=minbase $rel $ROOT $mirror"
     step="debootstrap of $rel (log: $log)"
     debootstrap --variant=minbase "${keyring[@]}" "$rel" "$ROOT" "$mirror" >"$log" 2>&1 ||

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ensure-base-image.sh [NAME] - make sure a Debian base image NAME
-# (default debian:bookworm-slim) exists in the local Docker engine.
+# (default debian:trixie-slim) exists in the local Docker engine.
 #
 #   1. image already present            -> nothing to do
 #   2. `docker pull NAME` (short timeout) -> done if a registry answers
@@ -27,7 +27,7 @@
 #   BASE_IMAGE_FORCE=1       rebuild/re-import even if NAME exists
 set -euo pipefail
 
-NAME=${1:-debian:bookworm-slim}
+NAME=${1:-debian:trixie-slim}
 PULL_TIMEOUT=${BASE_IMAGE_PULL_TIMEOUT:-20}
 FORCE=${BASE_IMAGE_FORCE:-0}
 DOCKER=${DOCKER:-docker}

@@ -56,6 +56,7 @@ class Runtime:
             self._touch_health()
             self._next_health = now + 1.0
         if self.reporter and now >= self._next_statsd:
+            self.counters.update(self.reporter.errors())
             self.reporter.flush(self.counters, self.gauges())
             self._next_statsd = now + self.args.statsd_interval
         if now >= self._next_stats:
@@ -88,7 +89,9 @@ class Runtime:
     # -- exit -----------------------------------------------------------------
     def finish(self, **fields) -> None:
         if self.reporter:
+            self.counters.update(self.reporter.errors())
             self.reporter.flush(self.counters, self.gauges())
+            self.reporter.close(timeout=1.0)  # a dead statsd never delays the exit
         log.info("totals", extra={"event": "totals", "reason": self.stop_reason or "exit",
                                   "uptime_s": round(time.monotonic() - self.started, 3),
                                   "counters": dict(self.counters), **fields})

@@ -21,13 +21,14 @@ import os
 import re
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
 import zmq
 
 from . import config, pcap, runtime, security
-from .bpf import MAX_EXPRESSION, Filter, FilterError
+from .bpf import COMPILE_TIMEOUT, MAX_EXPRESSION, Filter, FilterError, check_expression, compile_bounded
 from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
@@ -278,8 +279,13 @@ class QueryServer:
 
     def __init__(self, sock: zmq.Socket, ring: Ring, counters: Counters, timeout: float,
                  max_queries: int = 4, rate: float = 0.0, clock=time.monotonic,
-                 wallclock=time.time):
+                 wallclock=time.time, compile_timeout: float = COMPILE_TIMEOUT):
         self.sock = sock
+        #: filters being compiled, off the loop (a process per filter, killed after
+        #: compile_timeout): ident -> (request, peer, future of the Filter)
+        self.pending: dict[bytes, tuple[Request, str, Future]] = {}
+        self.compile_timeout = compile_timeout
+        self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpf-compile")
         self.rate = rate
         self._tokens = float(self.RATE_BURST)
         self._refilled = clock()
@@ -356,27 +362,61 @@ class QueryServer:
         old = self.transfers.get(ident)
         if old is not None:
             self._forget(old, "aborted", "replaced by a new query")
+        if self.pending.pop(ident, None) is not None:
+            self.c["query.aborted"] += 1
         try:
             req = parse_request(body)
-            flt = Filter(req.filter) if req.filter else None
+            if req.filter:
+                check_expression(req.filter)  # size, characters, no name: at once
         except FilterError as e:
             self._refuse(ident, peer, RequestError(str(e), "filter"))
             return
         except RequestError as e:
             self._refuse(ident, peer, e)
             return
-        if len(self.transfers) >= self.max_queries:
+        # admission before any work: the busy and memory bounds
+        if len(self.transfers) + len(self.pending) >= self.max_queries:
             self._refuse(ident, peer, RequestError(
-                f"busy: {len(self.transfers)} queries in progress, try again", "busy"))
+                f"busy: {len(self.transfers) + len(self.pending)} queries in progress, try again",
+                "busy"))
             return
-        if any(self.ring.outside(t.sel.oldest_view()) for t in self.transfers.values()):
-            # a new snapshot would keep a second window alive beside the one
-            # the running queries still hold (memory: at most twice the window)
+        if self._holds_evicted():
             self.c["query.refused_memory"] += 1
             self._refuse(ident, peer, RequestError(
                 "busy: a query in progress still holds traffic that has left the window "
                 "(the memory bound); try again when it is done", "busy"))
             return
+        if req.filter:  # compiled off the loop, in a process killed if it takes too long
+            self.pending[ident] = (req, peer, self._compiler.submit(
+                compile_bounded, req.filter, self.compile_timeout))
+            return
+        self._start(ident, req, peer, None)
+
+    def _holds_evicted(self) -> bool:
+        # a new snapshot would keep a second window alive beside the one the running
+        # queries still hold (memory: at most twice the window)
+        return any(self.ring.outside(t.sel.oldest_view()) for t in self.transfers.values())
+
+    def _compiled(self) -> None:
+        """Start the queries whose filter is ready (or refuse them)."""
+        for ident, (req, peer, fut) in list(self.pending.items()):
+            if not fut.done():
+                continue
+            del self.pending[ident]
+            try:
+                flt = fut.result()
+            except FilterError as e:
+                self._refuse(ident, peer, RequestError(str(e), "filter"))
+                continue
+            if self._holds_evicted():
+                self.c["query.refused_memory"] += 1
+                self._refuse(ident, peer, RequestError(
+                    "busy: a query in progress still holds traffic that has left the window "
+                    "(the memory bound); try again when it is done", "busy"))
+                continue
+            self._start(ident, req, peer, flt)
+
+    def _start(self, ident: bytes, req: Request, peer: str, flt: Filter | None) -> None:
         since, until = req.window_us(self.wallclock())
         sel = Selection(self.ring.snapshot(), since, until, req.max_bytes, flt)
         t = self.transfers[ident] = Transfer(ident, sel, req.credit, peer)
@@ -422,6 +462,8 @@ class QueryServer:
         return bool(self.rate) and self._tokens <= 0
 
     def work(self, busy_live: bool = False) -> None:
+        if self.pending:
+            self._compiled()
         now = self.clock()
         self._refill(now)
         burst = 1 if busy_live else self.BURST
@@ -486,12 +528,16 @@ class QueryServer:
         the rate limit letting data go again."""
         due = [t.waiting_since + self.timeout for t in self.transfers.values()
                if t.waiting_since is not None]
+        if self.pending:  # a filter being compiled: look again soon
+            due.append(self.clock() + 0.01)
         if self.throttled and self.transfers:
             due.append(self._refilled + (-self._tokens + 1) / self.rate)
         return min(due) if due else None
 
     def close(self) -> None:
         self.transfers.clear()
+        self.pending.clear()
+        self._compiler.shutdown(wait=False, cancel_futures=True)
 
 
 # --- the client -----------------------------------------------------------------------------

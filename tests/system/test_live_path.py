@@ -4,18 +4,21 @@ whole while the side service misbehaves."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import threading
 from pathlib import Path
 
 from conftest import payload_file
-from lab import send_udp, wait_until
+from lab import send_udp, tool, wait_until
 
-from nflog_pipe import pcap
+from nflog_pipe import bpf, pcap
 
 RATE_PACE = 10          # udpsend pauses 1 ms every 10 datagrams: at most 10 kpps
 PACKETS = 20_000        # two seconds of it
 #: the silent resolver holds each lookup this long (glibc's maximum); all traffic must
 #: be through in a fraction of it, and SIGTERM obeyed long before it ends
 RESOLVER_HANG = 30
+QUERY = "tcp://127.0.0.1:5600"
 
 
 def whole_records(reader) -> int:
@@ -71,3 +74,72 @@ def test_a_silent_resolver_for_statsd_costs_the_data_path_nothing(pipe, tmp_path
     assert rc["packets_out"] == PACKETS
     assert not any(v for k, v in {**sc, **rc}.items() if k.startswith("dropped.")), (sc, rc)
     assert sc["statsd.send_errors"] == 0   # nothing sent: there was no address
+
+
+def silent_resolver(pipe, ns) -> Path:
+    """Point ns at a resolver that never answers (the other side of the link, where
+    port 53 is dropped); returns the /etc/netns directory to remove afterwards."""
+    d = Path("/etc/netns") / ns.name
+    d.mkdir(parents=True)
+    other = pipe.link.b4 if ns is pipe.gw else pipe.link.a4
+    (d / "resolv.conf").write_text(f"nameserver {other}\noptions timeout:{RESOLVER_HANG} attempts:1\n")
+    for n in (pipe.gw, pipe.ids):
+        for proto in ("udp", "tcp"):
+            n.iptables("-I", "INPUT", "-p", proto, "--dport", "53", "-j", "DROP")
+    return d
+
+
+def slow_filter(i: int) -> str:
+    """About a second of libpcap's optimiser on this machine, 2 KiB long."""
+    f = " or ".join(f"portrange {j}-{j + 3}" for j in range(1 + i, 4000, 5))
+    return f[:bpf.MAX_EXPRESSION].rsplit(" or ", 1)[0]
+
+
+def test_query_filters_cost_the_live_path_nothing(pipe, tmp_path):
+    """While 10 kpps flow, clients send filters that name hosts (a silent resolver
+    would hold a lookup 30 s) and ten 2 KiB filters that take libpcap about a second
+    each to compile. Names are refused at once, compilation happens off the loop and
+    is bounded: not one packet is lost."""
+    etc = silent_resolver(pipe, pipe.ids)
+    try:
+        pipe.nflog_rule(4, 7500)
+        pipe.start_receiver("--buffer-window", "16", "--buffer-interface", QUERY)
+        reader = pipe.reader()
+        sender = pipe.start_sender("4")
+        payloads = payload_file(tmp_path / "p", [b"q" * 200] * PACKETS)
+        sent = []
+        traffic = threading.Thread(target=lambda: sent.append(
+            send_udp(pipe.gw, pipe.link.b4, 7500, payloads, pace=RATE_PACE)))
+        traffic.start()
+        filters = ["src a.example", "udp and dst gw1.example"] + [slow_filter(i) for i in range(10)]
+        clients = [subprocess.Popen(
+            pipe.ids.prefix() + [tool("nflog-pcap-query"), QUERY, "--filter", f,
+                                 "-o", str(tmp_path / f"q{i}.pcap"), "--log-format", "json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i, f in enumerate(filters)]
+        results = [(c.wait(60), c.stderr.read().decode()) for c in clients]
+        traffic.join(120)
+        assert sent == [PACKETS]
+        wait_until(lambda: whole_records(reader) >= PACKETS, timeout=60,
+                   what=f"{PACKETS} records in the FIFO")
+        s_totals = sender.stop()
+        r_totals = pipe.receiver.stop()
+        got = whole_records(reader)
+        reader.close()
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
+    for rc, err in results[:2]:
+        assert rc != 0 and "names are never resolved" in err, err[-1000:]
+    outcomes = {"served": 0, "busy": 0, "slow": 0}
+    for rc, err in results[2:]:
+        if rc == 0:
+            outcomes["served"] += 1
+        elif "busy" in err:
+            outcomes["busy"] += 1
+        else:
+            assert "takes longer than" in err, err[-1000:]
+            outcomes["slow"] += 1
+    sc, rc_ = s_totals["counters"], r_totals["counters"]
+    assert got == PACKETS and rc_["packets_out"] == PACKETS and sc["packets_out"] == PACKETS
+    assert not any(v for k, v in {**sc, **rc_}.items() if k.startswith("dropped.")
+                   and k not in ("dropped.evicted", "dropped.evicted_bytes")), (sc, rc_, outcomes)
+    assert rc_["query.requests"] == len(filters)

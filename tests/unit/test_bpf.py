@@ -129,14 +129,53 @@ def test_agrees_with_tcpdump(tmp_path):
     assert len(by_tcpdump) == 50 + 25
 
 
-@pytest.mark.parametrize("expr", ["host example.com", "src host gw1", "net internal",
-                                  "ip and dst host localhost", "gateway router"])
+@pytest.mark.parametrize("expr", [
+    "host example.com", "src host gw1", "net internal", "ip and dst host localhost",
+    "gateway router",
+    # an implicit host: libpcap resolves these too
+    "src a.example", "dst gw1 and udp", "a.example",
+    # service, protocol and Ethernet names go through NSS (files, NIS, LDAP...)
+    "udp and port domain", "tcp portrange ftp-data-http", "proto ospf", "ip proto \\ospf",
+    "ether host gw1",
+])
 def test_names_are_refused_never_resolved(expr):
-    with pytest.raises(bpf.FilterError, match="names are not resolved"):
+    with pytest.raises(bpf.FilterError, match="names are never resolved"):
         bpf.Filter(expr)
+    with pytest.raises(bpf.FilterError, match="names are never resolved"):
+        bpf.check_expression(expr)   # decided at once, before any compilation
 
 
-@pytest.mark.parametrize("expr", ["host 10.1.2.3", "src host fd00::1", "net 10.0.0.0/8",
-                                  "net 192.168", "udp and port domain", "net 10.0.0.0 mask 255.0.0.0"])
-def test_addresses_and_local_names_are_accepted(expr):
+@pytest.mark.parametrize("expr", [
+    "host 10.1.2.3", "src host fd00::1", "net 10.0.0.0/8", "net 192.168", "udp and port 53",
+    "net 10.0.0.0 mask 255.0.0.0", "ip[2:2] > 100", "tcp[tcpflags] & (tcp-syn|tcp-ack) != 0",
+    "icmp[icmptype] == icmp-echo", "portrange 1-1024", "ip6 and src net fd00::/8",
+    "ip proto 47", "ip proto \\udp", "less 100 or greater 1000",
+    "ip[0] & 0xf0 = 0x40", "icmp6 and ip6[40] == 128",
+])
+def test_addresses_numbers_and_keywords_are_accepted(expr):
+    bpf.check_expression(expr)
     assert len(bpf.Filter(expr)) > 0
+
+
+def test_compiled_in_another_process_is_the_same_program():
+    for expr in ("udp and port 5353", "ip and tcp[13] & 2 != 0", "net 10.1"):
+        here, there = bpf.Filter(expr), bpf.compile_bounded(expr)
+        assert there.export() == here.export() and len(there) == len(here)
+        assert there.match(udp4(1, 5353)) == here.match(udp4(1, 5353))
+    with pytest.raises(bpf.FilterError, match="syntax error"):
+        bpf.compile_bounded("udp and port")
+
+
+def test_a_filter_too_slow_to_compile_is_refused_as_such():
+    """libpcap's optimiser takes about a second on this 2 KiB expression: with a limit
+    far below that, the compiler process is killed and the filter refused."""
+    slow = " or ".join(f"portrange {i}-{i + 3}" for i in range(1, 4000, 5))
+    slow = slow[:bpf.MAX_EXPRESSION].rsplit(" or ", 1)[0]
+    with pytest.raises(bpf.FilterError, match="takes longer than 0.05 s to compile"):
+        bpf.compile_bounded(slow, timeout=0.05)
+
+
+def test_forged_programs_are_refused():
+    for junk in (b"", b"\x00" * 7, b"\xff" * 64):
+        with pytest.raises(bpf.FilterError, match="not valid BPF"):
+            bpf.Filter.from_program("x", junk)

@@ -65,6 +65,41 @@ uint32_t nzp_filter_len(const struct nzp_filter *f)
     return f->prog.bf_len;
 }
 
+size_t nzp_filter_export(const struct nzp_filter *f, unsigned char *out, size_t cap)
+{
+    size_t n = (size_t)f->prog.bf_len * sizeof(struct bpf_insn);
+
+    if (n > cap)
+        return 0;
+    memcpy(out, f->prog.bf_insns, n);
+    return n;
+}
+
+struct nzp_filter *nzp_filter_import(const unsigned char *insns, size_t len)
+{
+    struct nzp_filter *f;
+    size_t n = len / sizeof(struct bpf_insn);
+
+    if (n == 0 || len % sizeof(struct bpf_insn) != 0 || n > 65536)
+        return NULL;
+    f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        return NULL;
+    /* pcap_freecode() frees bf_insns with free() */
+    f->prog.bf_insns = malloc(len);
+    if (f->prog.bf_insns == NULL) {
+        free(f);
+        return NULL;
+    }
+    memcpy(f->prog.bf_insns, insns, len);
+    f->prog.bf_len = (u_int)n;
+    if (!bpf_validate(f->prog.bf_insns, (int)n)) {
+        nzp_filter_free(f);
+        return NULL;
+    }
+    return f;
+}
+
 static inline int match(const struct nzp_filter *f, const unsigned char *rec)
 {
     struct pcap_pkthdr h;

@@ -21,6 +21,16 @@ void nzp_filter_free(struct nzp_filter *f);
 /* Number of BPF instructions of a compiled program (diagnostics). */
 uint32_t nzp_filter_len(const struct nzp_filter *f);
 
+/* The program's instructions as bytes (struct bpf_insn, host order), for a
+ * program compiled in another process of this host (a compiler that can be
+ * killed when it takes too long).  Copies 8 * len bytes into out; returns that
+ * count, or 0 when cap is too small. */
+size_t nzp_filter_export(const struct nzp_filter *f, unsigned char *out, size_t cap);
+
+/* A filter from exported instructions; NULL when they are not a valid BPF
+ * program (bpf_validate) or memory runs out. */
+struct nzp_filter *nzp_filter_import(const unsigned char *insns, size_t len);
+
 /* Run one packet through the filter (tests): nonzero if it matches. */
 int nzp_filter_match(const struct nzp_filter *f, const unsigned char *pkt,
                      uint32_t caplen, uint32_t origlen);

@@ -45,6 +45,10 @@ MAX_PARTS = 4
 #: data messages a client may have outstanding (its credit)
 DEFAULT_CREDIT = 8
 MAX_CREDIT = 64
+#: data pieces (at most 1 MiB each) sent to all clients together and not yet taken by
+#: them (acknowledged with ``more``): what ZeroMQ may hold for queries, the third part
+#: of the query memory bound (docs/query-protocol.md)
+INFLIGHT = 64
 #: latest time a request may name (pcap timestamps are 32-bit seconds)
 MAX_TIME = 2**32
 MAX_DURATION = 10 * 365 * 86400.0
@@ -279,8 +283,18 @@ class QueryServer:
 
     def __init__(self, sock: zmq.Socket, ring: Ring, counters: Counters, timeout: float,
                  max_queries: int = 4, rate: float = 0.0, clock=time.monotonic,
-                 wallclock=time.time, compile_timeout: float = COMPILE_TIMEOUT):
+                 wallclock=time.time, compile_timeout: float = COMPILE_TIMEOUT,
+                 inflight: int = INFLIGHT):
         self.sock = sock
+        #: the shared credit budget: data messages sent and not yet acknowledged, per
+        #: client (kept after its query ends or is dropped, until it takes them or is gone)
+        self.inflight = inflight
+        self.owed: dict[bytes, int] = {}
+        self.owed_total = 0
+        #: per client that owes: when it last took something (or first owed)
+        self._acked_at: dict[bytes, float] = {}
+        #: clients that owe with no query running: when to ask again whether they are there
+        self._probe_at: dict[bytes, float] = {}
         #: filters being compiled, off the loop (a process per filter, killed after
         #: compile_timeout): ident -> (request, peer, future of the Filter)
         self.pending: dict[bytes, tuple[Request, str, Future]] = {}
@@ -306,7 +320,7 @@ class QueryServer:
         sock.router_mandatory = 1  # an unknown peer is an error, not a silent drop
         sock.maxmsgsize = MAX_REQUEST + 1024
         sock.sndhwm = 4 * MAX_CREDIT
-        sock.rcvhwm = 1000
+        sock.rcvhwm = 16  # requests are small and read 64 at a time: little to queue
         sock.linger = 0
 
     # -- incoming ------------------------------------------------------------------
@@ -337,9 +351,11 @@ class QueryServer:
             if cmd == CMD_QUERY and len(parts) <= 2:
                 self._query(ident, parts[1] if len(parts) > 1 else b"", peer, now)
             elif cmd == CMD_MORE and len(parts) == 2:
+                n = int(parts[1]) if parts[1].isdigit() and len(parts[1]) < 4 else 0
+                if n > 0:
+                    self._ack(ident, n, now)
                 t = self.transfers.get(ident)
                 if t is not None:
-                    n = int(parts[1]) if parts[1].isdigit() and len(parts[1]) < 4 else 0
                     if n <= 0:
                         self._refuse(ident, peer, RequestError("more needs a count from 1 to "
                                                                f"{MAX_CREDIT}", "protocol"))
@@ -359,6 +375,10 @@ class QueryServer:
 
     def _query(self, ident: bytes, body: bytes, peer: str, now: float) -> None:
         self.c["query.requests"] += 1
+        if self.owed.get(ident):  # first take what was sent (the shared budget)
+            self._refuse(ident, peer, RequestError(
+                f"busy: {self.owed[ident]} pieces of an earlier answer not taken yet", "busy"))
+            return
         old = self.transfers.get(ident)
         if old is not None:
             self._forget(old, "aborted", "replaced by a new query")
@@ -426,6 +446,46 @@ class QueryServer:
             "buffer_packets": sel.snap.records, "buffer_bytes": sel.snap.bytes})
         t.plan()
 
+    # -- the shared credit budget --------------------------------------------------------
+    def _owe(self, ident: bytes, now: float) -> None:
+        if ident not in self.owed:
+            self.owed[ident] = 0
+            self._acked_at[ident] = now
+        self.owed[ident] += 1
+        self.owed_total += 1
+
+    def _ack(self, ident: bytes, n: int, now: float) -> None:
+        owed = self.owed.get(ident)
+        if not owed:
+            return
+        k = min(n, owed)
+        self.owed_total -= k
+        if owed == k:
+            self._clear(ident)
+        else:
+            self.owed[ident] = owed - k
+            self._acked_at[ident] = now
+
+    def _clear(self, ident: bytes) -> None:
+        self.owed_total -= self.owed.pop(ident, 0)
+        self._acked_at.pop(ident, None)
+        self._probe_at.pop(ident, None)
+
+    def _probe_debtors(self, now: float) -> None:
+        """A client that owes with no query running is asked, once per --buffer-timeout,
+        whether it is still there: gone, its share of the budget is free again."""
+        for ident, due in list(self._probe_at.items()):
+            if due > now:
+                continue
+            body = json.dumps({"error": f"query dropped: nothing taken for {self.timeout:g} s",
+                               "kind": "timeout"}).encode()
+            try:
+                self._send(ident, MSG_ERROR, body)
+            except _Gone:
+                self._clear(ident)
+                continue
+            self._probe_at[ident] = now + self.timeout
+
     def _refuse(self, ident: bytes, peer: str, e: RequestError) -> None:
         self.c["query.refused"] += 1
         self._warn.warning(f"refused.{e.kind}", "query from %s refused (%s): %s", peer or "?",
@@ -465,6 +525,8 @@ class QueryServer:
         if self.pending:
             self._compiled()
         now = self.clock()
+        if self._probe_at:
+            self._probe_debtors(now)
         self._refill(now)
         burst = 1 if busy_live else self.BURST
         for t in list(self.transfers.values()):
@@ -475,11 +537,12 @@ class QueryServer:
                 if msg is None:
                     blocked = t.state != "plan"  # no credit left
                     break
-                if msg[0] == MSG_DATA and self.throttled:
-                    break  # the rate limit, not the client: no timeout
+                if msg[0] == MSG_DATA and (self.throttled or self.owed_total >= self.inflight):
+                    break  # the rate limit or the shared budget, not the client: no timeout
                 try:
                     ok = self._send(t.ident, *msg)
                 except _Gone:
+                    self._clear(t.ident)
                     self._forget(t, "aborted", "client went away")
                     break
                 if not ok:  # the client's queue is full
@@ -487,6 +550,7 @@ class QueryServer:
                     break
                 if msg[0] == MSG_DATA:
                     self._tokens -= len(msg[1])
+                    self._owe(t.ident, now)
                 t.sent()
                 if t.done:
                     self._finish(t)
@@ -499,9 +563,16 @@ class QueryServer:
                 t.waiting_since = now
             elif now - t.waiting_since > self.timeout:
                 self._forget(t, "timeouts", f"the client took nothing for {self.timeout:g} s")
+                continue
+            acked = self._acked_at.get(t.ident)
+            if acked is not None and now - acked > self.timeout:
+                # credit left, but what was sent sits in ZeroMQ's queue: not taken
+                self._forget(t, "timeouts", f"the client took nothing for {self.timeout:g} s")
 
     def _finish(self, t: Transfer) -> None:
         del self.transfers[t.ident]
+        if self.owed.get(t.ident):
+            self._probe_at[t.ident] = self.clock() + self.timeout
         self.c["query.served"] += 1
         self.c["query.records_out"] += t.sel.records
         self.c["query.bytes_out"] += t.bytes
@@ -510,6 +581,8 @@ class QueryServer:
 
     def _forget(self, t: Transfer, counter: str, why: str) -> None:
         self.transfers.pop(t.ident, None)
+        if self.owed.get(t.ident):
+            self._probe_at[t.ident] = self.clock()  # ask at once: gone, or told why
         self.c[f"query.{counter}"] += 1
         self._warn.warning(f"query.{counter}", "query from %s dropped: %s", t.peer or "?", why,
                            event="query_dropped", peer=t.peer, reason=counter,
@@ -530,6 +603,9 @@ class QueryServer:
                if t.waiting_since is not None]
         if self.pending:  # a filter being compiled: look again soon
             due.append(self.clock() + 0.01)
+        due += [self._acked_at[i] + self.timeout for i in self.transfers if i in self._acked_at]
+        if self._probe_at:
+            due.append(min(self._probe_at.values()))
         if self.throttled and self.transfers:
             due.append(self._refilled + (-self._tokens + 1) / self.rate)
         return min(due) if due else None
@@ -537,6 +613,8 @@ class QueryServer:
     def close(self) -> None:
         self.transfers.clear()
         self.pending.clear()
+        self.owed.clear()
+        self.owed_total = 0
         self._compiler.shutdown(wait=False, cancel_futures=True)
 
 

@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         g = {"output_pending_bytes": output.pending_bytes}
         if ring is not None:
             g.update(buffer_bytes=ring.bytes, buffer_packets=ring.records,
-                     query_active=len(queries.transfers))
+                     query_active=len(queries.transfers), query_inflight=queries.owed_total)
         if tap is not None:
             g["tap_clients"] = len(tap.clients)
         return g

@@ -31,7 +31,8 @@ class Stepped:
     """A QueryServer on a real ROUTER socket (loopback TCP), driven by the
     test itself, step by step."""
 
-    def __init__(self, r: ring.Ring, c: Counters, timeout=30.0, max_queries=4, rate=0.0):
+    def __init__(self, r: ring.Ring, c: Counters, timeout=30.0, max_queries=4, rate=0.0,
+                 inflight=query.INFLIGHT):
         self.ctx = zmq.Context()
         self.c = c
         self.ring = r
@@ -39,7 +40,8 @@ class Stepped:
         query.QueryServer.configure(self.sock)
         port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.endpoint = f"tcp://127.0.0.1:{port}"
-        self.srv = query.QueryServer(self.sock, self.ring, self.c, timeout, max_queries, rate)
+        self.srv = query.QueryServer(self.sock, self.ring, self.c, timeout, max_queries, rate,
+                                     inflight=inflight)
 
     def client(self):
         return raw_client(self.ctx, self.endpoint)
@@ -390,4 +392,60 @@ def test_client_waits_while_the_receiver_is_busy(tmp_path, capfd):
         assert srv.c["query.refused"] >= 2 and srv.c["query.served"] == 1
     finally:
         holder.close()
+        srv.close()
+
+
+def test_idle_clients_hold_no_more_than_the_shared_budget():
+    """Clients that ask and never take anything (receive HWM 1, credit 64): together
+    they never get more than the budget of pieces sent; each is dropped after the
+    timeout although it has credit left; once they are gone their share is free, and
+    a client that reads gets its whole answer."""
+    big = [pcap.record(1_700_000_000, i, bytes(60_000)) for i in range(400)]  # ~23 MiB
+    r, c = ring_of([big[i : i + 20] for i in range(0, len(big), 20)])
+    srv = Stepped(r, c, timeout=0.5, max_queries=16, inflight=4)
+    idle = []
+    try:
+        for _ in range(10):
+            s = srv.client()
+            s.rcvhwm = 1
+            s.send_multipart([query.CMD_QUERY, query.Request(credit=64).encode()])
+            idle.append(s)
+        peak = 0
+        deadline = time.monotonic() + 3   # six timeouts long
+        while time.monotonic() < deadline:
+            srv.srv.readable()
+            srv.srv.work()
+            peak = max(peak, srv.srv.owed_total)
+            assert srv.srv.owed_total <= 4
+            time.sleep(0.01)
+        assert peak == 4, "the budget was never used: the test did not test it"
+        # those that were sent something and took nothing are dropped (credit left or
+        # not); the others wait for the budget, which the dropped ones still hold
+        # while connected: a bound on memory, not a way round it
+        assert 1 <= c["query.timeouts"] <= 4 and c["query.served"] == 0
+        for s in idle:
+            s.close()
+        idle = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and srv.srv.owed_total:
+            srv.srv.readable()
+            srv.srv.work()
+            time.sleep(0.01)
+        assert srv.srv.owed_total == 0 and not srv.srv.owed, "gone clients still hold the budget"
+        out = Buf()
+        done = []
+        t = threading.Thread(target=lambda: done.append(
+            query.fetch(srv.endpoint, query.Request(), out, 20, ctx=srv.ctx)))
+        t.start()
+        deadline = time.monotonic() + 30
+        while t.is_alive() and time.monotonic() < deadline:
+            srv.srv.readable()
+            srv.srv.work()
+            assert srv.srv.owed_total <= 4
+            time.sleep(0.001)
+        t.join(1)
+        assert done and bytes(out) == pcap.GLOBAL_HEADER_BYTES + b"".join(big)
+    finally:
+        for s in idle:
+            s.close()
         srv.close()

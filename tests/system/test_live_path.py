@@ -3,15 +3,18 @@ whole while the side service misbehaves."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 from conftest import payload_file
 from lab import send_udp, tool, wait_until
 
-from nflog_pipe import bpf, pcap
+from nflog_pipe import bpf, pcap, query
 
 RATE_PACE = 10          # udpsend pauses 1 ms every 10 datagrams: at most 10 kpps
 PACKETS = 20_000        # two seconds of it
@@ -19,6 +22,7 @@ PACKETS = 20_000        # two seconds of it
 #: be through in a fraction of it, and SIGTERM obeyed long before it ends
 RESOLVER_HANG = 30
 QUERY = "tcp://127.0.0.1:5600"
+BIG = 50_000           # 1400-byte packets: 70 MB, five seconds at 10 kpps
 
 
 def whole_records(reader) -> int:
@@ -143,3 +147,79 @@ def test_query_filters_cost_the_live_path_nothing(pipe, tmp_path):
     assert not any(v for k, v in {**sc, **rc_}.items() if k.startswith("dropped.")
                    and k not in ("dropped.evicted", "dropped.evicted_bytes")), (sc, rc_, outcomes)
     assert rc_["query.requests"] == len(filters)
+
+
+IDLE_CLIENTS = """
+import sys, time, zmq
+ctx = zmq.Context()
+socks = []
+for i in range(int(sys.argv[2])):
+    s = ctx.socket(zmq.DEALER)
+    s.rcvhwm = 1
+    s.linger = 0
+    s.connect(sys.argv[1])
+    socks.append(s)
+print("connected", flush=True)
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:   # ask again and again, never read
+    for s in socks:
+        s.send_multipart([b"query", b'{"credit": 64}'], zmq.NOBLOCK)
+    time.sleep(0.3)
+"""
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_idle_query_clients_stay_within_the_memory_bound(pipe, tmp_path):
+    """A full window (8 MiB; NZP_TEST_WINDOW=64 for the issue's figure), then 40 clients
+    that ask for all of it again and again and never read (receive HWM 1, credit 64)
+    while 70 MB flow at 10 kpps, evicting every chunk their answers refer to: the
+    receiver's memory stays within the documented bound (docs/query-protocol.md:
+    2 windows + the 64 MiB in-flight budget + 128 MiB) and no packet is lost."""
+    window = int(os.environ.get("NZP_TEST_WINDOW", "8"))
+    pipe.nflog_rule(5, 7600)
+    pipe.start_receiver("--buffer-window", str(window), "--buffer-interface", QUERY,
+                        "--buffer-timeout", "1")
+    reader = pipe.reader()
+    sender = pipe.start_sender("5")
+    # a full window (1.3 windows of records)
+    fill = payload_file(tmp_path / "fill", [b"f" * 1372] * (window * 1000))
+    filled = send_udp(pipe.gw, pipe.link.b4, 7600, fill, pace=20)
+    wait_until(lambda: whole_records(reader) >= filled, timeout=120, what="the window filled")
+    clients = pipe.lab.popen(pipe.ids.prefix() + [sys.executable, "-c", IDLE_CLIENTS, QUERY,
+                                                  "40", "30"], stdout=subprocess.PIPE)
+    assert clients.stdout.readline().strip() == b"connected"
+    # more than a window of new traffic: every chunk a client's answer refers to is
+    # evicted from the ring while the client sits on it
+    payloads = payload_file(tmp_path / "p", [b"l" * 1372] * BIG)
+    sent = []
+    traffic = threading.Thread(target=lambda: sent.append(
+        send_udp(pipe.gw, pipe.link.b4, 7600, payloads, pace=RATE_PACE)))
+    traffic.start()
+    peak = 0.0
+    pid = pipe.receiver.pid
+    while traffic.is_alive():
+        peak = max(peak, rss_mib(pid))
+        traffic.join(0.05)
+    for _ in range(40):   # and a while after: the idle clients are still connected
+        peak = max(peak, rss_mib(pid))
+        time.sleep(0.05)
+    wait_until(lambda: whole_records(reader) >= filled + BIG, timeout=60,
+               what="every packet in the FIFO")
+    clients.kill()
+    s_totals = sender.stop()
+    r_totals = pipe.receiver.stop()
+    reader.close()
+    bound = 2 * window + query.INFLIGHT + 128
+    print(f"receiver peak RSS with 40 idle query clients: {peak:.0f} MiB (bound {bound})")
+    assert peak <= bound, f"receiver RSS {peak:.0f} MiB over the bound {bound} MiB"
+    sc, rc = s_totals["counters"], r_totals["counters"]
+    assert sent == [BIG] and rc["packets_out"] == filled + BIG == sc["packets_out"]
+    assert not any(v for k, v in {**sc, **rc}.items() if k.startswith("dropped.")
+                   and k not in ("dropped.evicted", "dropped.evicted_bytes")), (sc, rc)
+    assert rc["query.requests"] >= 40

@@ -20,7 +20,7 @@ import time
 
 import zmq
 
-from . import config, frame, runtime, security
+from . import config, frame, listen, runtime, security
 from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
@@ -115,7 +115,7 @@ class Receiver:
 
 def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput,
         ring: Ring | None = None, queries: QueryServer | None = None,
-        tap: Tap | None = None) -> Receiver:
+        tap: Tap | None = None, monitors: list[listen.Monitor] = ()) -> Receiver:
     recv = Receiver(output, rt.counters, ring, tap)
     poller = zmq.Poller()
     registered: dict = {}
@@ -151,6 +151,8 @@ def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput,
             next_check = now + interval
         if output.closed:
             rt.stop("output closed")
+        for m in monitors:
+            m.poll()
         rt.tick(now)
     return recv
 
@@ -198,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate_control:
         log.info("--rate-control is no longer needed: compressed frames are detected")
     counters = Counters()
+    limits = listen.raise_fd_limit()  # silent peers must not exhaust 1024 descriptors
     try:
         curve = security.Curve.from_args(args, counters, client=False, server=True)
     except security.SecurityError as e:
@@ -224,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     pull.rcvhwm = args.zmq_buffer
     pull.maxmsgsize = frame.MAX_FRAME
     pull.linger = 0
+    listen.harden(pull)
+    monitors = [listen.Monitor(pull, counters, f"data socket {args.src}")]
     try:
         pull.bind(args.src)
     except zmq.ZMQError as e:
@@ -236,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         if curve:
             curve.server(router)
         QueryServer.configure(router)
+        listen.harden(router)
+        monitors.append(listen.Monitor(router, counters, f"buffer interface {args.buffer_interface}"))
         try:
             router.bind(args.buffer_interface)
         except zmq.ZMQError as e:
@@ -266,13 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     rt.install_signals()
     log.info("started", extra={"event": "start", "src": args.src, "dst": args.dst,
                                "output": output.kind, "buffer_interface": args.buffer_interface,
-                               "curve": bool(curve),
+                               "curve": bool(curve), **limits,
                                "buffer_window_bytes": ring.window if ring else None,
                                "tap": f"{tap.address[0]}:{tap.address[1]}" if tap else None})
     recv = None
     try:
-        recv = run(args, rt, pull, output, ring, queries, tap)
+        recv = run(args, rt, pull, output, ring, queries, tap, monitors)
     finally:
+        for m in monitors:
+            m.close()
         output.close()
         if queries is not None:
             queries.close()

@@ -27,7 +27,7 @@ import time
 
 import zmq
 
-from . import config, frame, ratecontrol, runtime, security
+from . import config, frame, listen, ratecontrol, runtime, security
 from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
@@ -88,6 +88,7 @@ class Relay:
         self.push: zmq.Socket | None = None
         #: CURVE (security.Curve): server on the input, client on the output
         self.curve = None
+        self.monitor: listen.Monitor | None = None
         self.out = OutStreams()
         self._warn = RateLimited(log, 10.0)
         self.tracker = StreamTracker(self.c, log, self._warn)
@@ -124,6 +125,8 @@ class Relay:
         self.pull.rcvhwm = self.zmq_buffer
         self.pull.maxmsgsize = frame.MAX_FRAME
         self.pull.linger = 0
+        listen.harden(self.pull)
+        self.monitor = listen.Monitor(self.pull, self.c, f"relay input {' '.join(self._binds)}")
         self.push.sndhwm = self.zmq_buffer
         self.push.linger = int(self.linger * 1000)
         self.push.setsockopt(zmq.TCP_KEEPALIVE, 1)
@@ -188,6 +191,7 @@ class Relay:
                 drain(pull, self.handle, 256)
             now = time.monotonic()
             self.tick(now)
+            self.monitor.poll()
             if rt is not None:
                 rt.tick(now)
         self.finish()
@@ -228,6 +232,9 @@ class Relay:
             self._thread.join(timeout)
 
     def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+            self.monitor = None
         for s in (self.pull, self.push):
             if s is not None:
                 s.close()
@@ -272,6 +279,7 @@ def _main(mode: str, argv: list[str] | None) -> int:
     args = config.parse_args(prog, _DESCRIPTIONS[mode], options, argv)
     runtime.setup_logging(mode, args)
     counters = Counters()
+    limits = listen.raise_fd_limit()
     rc = None
     if mode == COMPRESS:
         try:
@@ -296,7 +304,8 @@ def _main(mode: str, argv: list[str] | None) -> int:
     rt.install_signals()
     settings = ratecontrol.describe(rc) if rc else {}
     log.info("started", extra={"event": "start", "src": args.src, "dst": args.dst,
-                               "instance": relay.out.instance, "curve": bool(curve), **settings})
+                               "instance": relay.out.instance, "curve": bool(curve), **limits,
+                               **settings})
     try:
         relay.run(rt)
     finally:

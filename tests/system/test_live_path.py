@@ -14,7 +14,7 @@ from pathlib import Path
 from conftest import payload_file
 from lab import send_udp, tool, wait_until
 
-from nflog_pipe import bpf, pcap, query
+from nflog_pipe import bpf, pcap, query, security
 
 RATE_PACE = 10          # udpsend pauses 1 ms every 10 datagrams: at most 10 kpps
 PACKETS = 20_000        # two seconds of it
@@ -223,3 +223,74 @@ def test_idle_query_clients_stay_within_the_memory_bound(pipe, tmp_path):
     assert not any(v for k, v in {**sc, **rc}.items() if k.startswith("dropped.")
                    and k not in ("dropped.evicted", "dropped.evicted_bytes")), (sc, rc)
     assert rc["query.requests"] >= 40
+
+
+FLOOD = """
+import socket, sys, time
+# the ZMTP 3.0 greeting of a CURVE client, then nothing: a half-open handshake
+greeting = (b"\\xff" + bytes(8) + b"\\x7f" + bytes([3, 0]) + b"CURVE".ljust(20, b"\\x00")
+            + b"\\x00" + bytes(31))
+socks = []
+for i in range(int(sys.argv[3])):
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    s.sendall(greeting)
+    socks.append(s)
+print("flooding", len(socks), flush=True)
+time.sleep(float(sys.argv[4]))
+"""
+
+
+def test_a_handshake_flood_does_not_starve_the_receiver(pipe, tmp_path):
+    """1 100 TCP connections send a CURVE greeting and go silent, against a receiver
+    started with the usual soft limit of 1 024 open files. The receiver raises its
+    limit to the hard one, drops each silent peer after the handshake interval, and
+    counts them; a legitimate sender started during the flood delivers every packet.
+    (Before: descriptors ran out, libzmq spun on accept() for 20 s and more, and the
+    legitimate sender could not connect meanwhile.)"""
+    d = tmp_path / "keys"
+    allow = tmp_path / "allow"
+    allow.mkdir()
+    for n in ("receiver", "gw"):
+        security.write_keypair(str(d), n)
+    (allow / "gw.key").write_bytes((d / "gw.key").read_bytes())
+    pipe.nflog_rule(6, 7700)
+    ids_prefix = pipe.ids.prefix
+    pipe.ids.prefix = lambda: ids_prefix() + ["prlimit", "--nofile=1024:4096", "--"]
+    try:
+        pipe.start_receiver("--curve-secret-key", str(d / "receiver.key_secret"),
+                            "--curve-allow", str(allow), "--stats-interval", "1")
+    finally:
+        pipe.ids.prefix = ids_prefix
+    assert pipe.receiver.wait_log("start")["nofile"] == 4096
+    reader = pipe.reader()
+    flood = pipe.lab.popen(pipe.gw.prefix() + [sys.executable, "-c", FLOOD, pipe.link.b4, "5555",
+                                               "1100", "30"], stdout=subprocess.PIPE)
+    assert flood.stdout.readline().split() == [b"flooding", b"1100"]
+    t0 = time.monotonic()
+    sender = pipe.start_sender("6", "--curve-secret-key", str(d / "gw.key_secret"),
+                               "--curve-server-key", str(d / "receiver.key"))
+    payloads = payload_file(tmp_path / "p", [b"h" * 100] * PACKETS)
+    sent = []
+    traffic = threading.Thread(target=lambda: sent.append(
+        send_udp(pipe.gw, pipe.link.b4, 7700, payloads, pace=RATE_PACE)))
+    traffic.start()
+    wait_until(lambda: whole_records(reader) > 0, timeout=30, what="the first packet")
+    first = time.monotonic() - t0
+    traffic.join(120)
+    wait_until(lambda: whole_records(reader) >= PACKETS, timeout=60, what="every packet")
+    # the silent peers were dropped after the handshake interval, and counted
+    wait_until(lambda: any(r.get("event") == "stats"
+                           and r["counters"].get("handshakes.failed", 0) >= 1100
+                           for r in pipe.receiver.records()),
+               timeout=30, what="1100 failed handshakes counted")
+    flood.kill()
+    s_totals = sender.stop()
+    r_totals = pipe.receiver.stop()
+    reader.close()
+    print(f"first packet of the legitimate sender {first:.2f} s after its start, "
+          "during a flood of 1100 silent greetings")
+    assert first < 10, f"the legitimate sender waited {first:.1f} s"
+    sc, rc = s_totals["counters"], r_totals["counters"]
+    assert sent == [PACKETS] and rc["packets_out"] == PACKETS == sc["packets_out"]
+    assert not any(v for k, v in {**sc, **rc}.items() if k.startswith("dropped.")), (sc, rc)
+    assert rc["connections.accepted"] >= 1101 and rc["handshakes.succeeded"] >= 1

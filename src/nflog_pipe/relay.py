@@ -32,7 +32,7 @@ from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
 from .ratecontrol import Output, RateController
-from .tracking import StreamTracker, drain
+from .tracking import MAX_STREAMS, StreamTracker, drain
 
 log = logging.getLogger("nflog_pipe.relay")
 
@@ -40,11 +40,19 @@ COMPRESS, DECOMPRESS = "compress", "decompress"
 
 
 class OutStreams:
-    """The relay's numbering of what it sends, one stream per sender id."""
+    """The relay's numbering of what it sends, one stream per sender id.
 
-    def __init__(self, instance: int | None = None):
+    At most ``MAX_STREAMS`` ids are remembered (forged ids cost nothing beyond that);
+    the least recently used is forgotten in O(1), and if it comes back its numbering
+    starts again at 0, which the next stage sees as a rewound stream, not as loss."""
+
+    def __init__(self, counters: Counters, instance: int | None = None,
+                 max_streams: int = MAX_STREAMS):
         self.instance = random.getrandbits(32) if instance is None else instance
-        self._next: dict[bytes, list[int]] = {}  # sender id -> [seq, pkt_seq]
+        self.max_streams = max_streams
+        self.c = counters
+        self.c.setdefault("out_streams_forgotten", 0)
+        self._next: dict[bytes, list[int]] = {}  # sender id -> [seq, pkt_seq], oldest first
 
     def frame(self, out: Output) -> bytes:
         seq, pkt_seq = self._next.get(out.key) or (0, 0)
@@ -54,7 +62,13 @@ class OutStreams:
         return b"".join((hdr, out.payload))
 
     def sent(self, out: Output) -> None:
-        nxt = self._next.setdefault(out.key, [0, 0])
+        nxt = self._next.pop(out.key, None)  # re-inserted last: most recently used
+        if nxt is None:
+            nxt = [0, 0]
+            if len(self._next) >= self.max_streams:
+                del self._next[next(iter(self._next))]
+                self.c["out_streams_forgotten"] += 1
+        self._next[out.key] = nxt
         nxt[0] += 1
         nxt[1] += out.count
 
@@ -89,7 +103,7 @@ class Relay:
         #: CURVE (security.Curve): server on the input, client on the output
         self.curve = None
         self.monitor: listen.Monitor | None = None
-        self.out = OutStreams()
+        self.out = OutStreams(self.c)
         self._warn = RateLimited(log, 10.0)
         self.tracker = StreamTracker(self.c, log, self._warn)
         self._stopping = False

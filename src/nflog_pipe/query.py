@@ -496,9 +496,11 @@ class QueryServer:
 
 # --- the client -----------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
+_DURATION = re.compile(r"^\s*([0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNIT = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*([0-9]{1,16})\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+#: largest --max-bytes (1 TiB): far above any --buffer-window
+MAX_SIZE = 1 << 40
 
 
 def duration(text: str) -> float:
@@ -540,13 +542,15 @@ def size(text: str) -> int:
     v = int(m.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
     if v < len(pcap.GLOBAL_HEADER_BYTES):
         raise argparse.ArgumentTypeError(f"{text!r}: a pcap file needs at least 24 bytes")
+    if v > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most 1T")
     return v
 
 
 OPTIONS = [
     Option("endpoint", type=buffer_endpoint, metavar="ENDPOINT", required=True,
            help="the receiver's --buffer-interface (ZeroMQ endpoint, or a port on 127.0.0.1)"),
-    Option("output", ("-o", "--output"), default="-", metavar="FILE",
+    Option("output", ("-o", "--output"), type=config.path, default="-", metavar="FILE",
            help="write the pcap to FILE (written whole, then renamed into place); - for stdout"),
     Option("last", ("--last",), type=duration, metavar="DURATION",
            help="only packets of the last DURATION (30s, 5m, 2h...) by the receiver's clock"),
@@ -557,12 +561,14 @@ OPTIONS = [
            help="only packets before TIME"),
     Option("max_bytes", ("--max-bytes",), type=size, metavar="SIZE",
            help="at most SIZE bytes of pcap (64K, 10M...): the newest packets that fit"),
-    Option("filter", ("-f", "--filter"), metavar="EXPRESSION",
+    Option("filter", ("-f", "--filter"), type=config.text(MAX_EXPRESSION, "filter"),
+           metavar="EXPRESSION",
            help="only packets matching this BPF filter (tcpdump syntax, e.g. 'udp and port "
            "5353'), compiled by libpcap on the receiver"),
-    Option("timeout", ("--timeout",), type=config.positive_float, default=10.0, metavar="S",
+    Option("timeout", ("--timeout",), type=config.seconds(86400.0), default=10.0, metavar="S",
            help="give up when the receiver does not answer for S seconds"),
-    Option("wait", ("--wait",), type=config.nonneg_float, default=0.0, metavar="S",
+    Option("wait", ("--wait",), type=config.seconds(86400.0, zero=True), default=0.0,
+           metavar="S",
            help="when the receiver answers busy (too many queries, or a running query "
            "still holds traffic evicted from the window), ask again every second for up "
            "to S seconds (0: fail at once)"),

@@ -248,10 +248,10 @@ _COMMON = [
            help="ZeroMQ endpoint to bind (PULL); senders or another relay connect to it"),
     Option("dst", type=config.endpoint, metavar="DST", required=True,
            help="ZeroMQ endpoint to PUSH frames to (a receiver or another relay)"),
-    Option("zmq_buffer", ("--zmq-buffer",), type=config.positive_int, default=50,
+    Option("zmq_buffer", ("--zmq-buffer",), type=config.count(1, 1_000_000), default=50,
            metavar="MSGS", help="frames queued on the way in and on the way out "
            "(ZMQ_RCVHWM/ZMQ_SNDHWM); past it outgoing frames are dropped and counted"),
-    Option("zmq_linger", ("--zmq-linger",), type=config.nonneg_float, default=1.0, metavar="S",
+    Option("zmq_linger", ("--zmq-linger",), type=config.seconds(3600.0, zero=True), default=1.0, metavar="S",
            help="at exit, wait this long for queued frames to leave"),
 ]
 

@@ -24,6 +24,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from . import config
 from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
@@ -31,14 +32,14 @@ from .metrics import Counters
 log = logging.getLogger(__name__)
 
 SECRET_KEY = Option(
-    "curve_secret_key", ("--curve-secret-key",), metavar="FILE",
+    "curve_secret_key", ("--curve-secret-key",), type=config.path, metavar="FILE",
     help="this daemon's CURVE key pair (a ZeroMQ certificate with its secret key, from "
     "nflog-pipe-keygen); turns on encryption and authentication")
 SERVER_KEY = Option(
-    "curve_server_key", ("--curve-server-key",), metavar="FILE",
+    "curve_server_key", ("--curve-server-key",), type=config.path, metavar="FILE",
     help="public key of the server this daemon connects to (pinned: any other is refused)")
 ALLOW = Option(
-    "curve_allow", ("--curve-allow",), metavar="DIR",
+    "curve_allow", ("--curve-allow",), type=config.path, metavar="DIR",
     help="directory of the public keys (*.key) of the clients allowed to connect; "
     "re-read on SIGHUP")
 

@@ -354,7 +354,7 @@ def test_query_command_line():
                         (["5600", "--last", "3x"], "is not a duration"),
                         (["notanendpoint"], "is not a ZeroMQ endpoint"),
                         (["5600", "--max-bytes", "10"], "at least 24 bytes"),
-                        (["5600", "--timeout", "0"], "must be greater than 0")]:
+                        (["5600", "--timeout", "0"], "out of range (0.001 to 86400)")]:
         r = run(q, *argv, check=False)
         assert r.returncode == 2 and words in r.stderr, (argv, r.stderr)
     r = run(q, "tcp://127.0.0.1:1", "--timeout", "0.3", "-o", "/dev/null", "--log-format",

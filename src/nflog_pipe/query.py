@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -677,6 +678,18 @@ def fetch(endpoint: str, req: Request, out, timeout: float, ctx: zmq.Context | N
             ctx.term()
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP: leave like after Ctrl-C, removing FILE.part."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = config.parse_args("nflog-pcap-query", __doc__.split("\n\n")[0], OPTIONS, argv)
     if args.last is not None and (args.since is not None or args.until is not None):
@@ -687,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
     except security.SecurityError as e:
         return runtime.fatal("%s", e)
     req = Request(args.last, args.since, args.until, args.max_bytes, args.filter)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _stop)
     try:
         sink = _Sink(args.output)
     except (OSError, QueryFailed) as e:
@@ -715,9 +730,13 @@ def main(argv: list[str] | None = None) -> int:
         sink.abort()
         log.error("output closed before the pcap was complete", extra={"event": "query_failed"})
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped) as e:
+        part = sink.tmp
         sink.abort()
-        return 130
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        log.error("stopped by %s before the pcap was complete%s", signal.Signals(signum).name,
+                  f" ({part} removed)" if part else "", extra={"event": "query_stopped"})
+        return 128 + signum
     log.info("wrote %d packets (%d bytes) to %s", header["records"], header["bytes"],
              "stdout" if args.output == "-" else args.output,
              extra={"event": "query_done", "records": header["records"],

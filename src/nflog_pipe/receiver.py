@@ -203,6 +203,7 @@ def _closed(fd: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = config.parse_args("nflog-pcap-recv", __doc__.split("\n\n")[0], OPTIONS, argv)
+    runtime.ignore_hangup()
     runtime.setup_logging(SERVICE, args)
     if args.rate_control:
         log.info("--rate-control is no longer needed: compressed frames are detected")
@@ -275,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rt = runtime.Runtime(SERVICE, args, counters, gauges=gauges)
     rt.install_signals()
+    if curve and curve.allow:
+        rt.on_reload("CURVE allow-list", curve.allow.reload)
     log.info("started", extra={"event": "start", "src": args.src, "dst": args.dst,
                                "output": output.kind, "buffer_interface": args.buffer_interface,
                                "curve": bool(curve),

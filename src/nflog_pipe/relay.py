@@ -270,6 +270,7 @@ def _main(mode: str, argv: list[str] | None) -> int:
     prog = f"nflog-zmq-{mode}"
     options = COMPRESS_OPTIONS if mode == COMPRESS else DECOMPRESS_OPTIONS
     args = config.parse_args(prog, _DESCRIPTIONS[mode], options, argv)
+    runtime.ignore_hangup()
     runtime.setup_logging(mode, args)
     counters = Counters()
     rc = None
@@ -294,6 +295,8 @@ def _main(mode: str, argv: list[str] | None) -> int:
     rt = runtime.Runtime(mode, args, counters,
                          gauges=lambda: {"pending_bytes": rc.pending_bytes if rc else 0})
     rt.install_signals()
+    if curve and curve.allow:
+        rt.on_reload("CURVE allow-list", curve.allow.reload)
     settings = ratecontrol.describe(rc) if rc else {}
     log.info("started", extra={"event": "start", "src": args.src, "dst": args.dst,
                                "instance": relay.out.instance, "curve": bool(curve), **settings})

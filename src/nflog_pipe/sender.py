@@ -312,6 +312,7 @@ class Sender:
 
 def main(argv: list[str] | None = None) -> int:
     args = config.parse_args("nflog-zmq-send", __doc__.split("\n\n")[0], OPTIONS, argv)
+    runtime.ignore_hangup()
     runtime.setup_logging(SERVICE, args)
     sender_id = (args.sender_id or config.short_hostname()).encode()
     if len(sender_id) > frame.MAX_SENDER_ID:

@@ -41,8 +41,15 @@ class StatsdReporter:
 
     def _client(self) -> statsd.StatsClient | None:
         if self.client is None:
+            host, port = self.address
             try:
-                self.client = statsd.StatsClient(self.address[0], self.address[1], prefix=self.prefix)
+                try:  # an IPv6 literal, or a name with only IPv6 addresses
+                    self.client = statsd.StatsClient(host, port, prefix=self.prefix,
+                                                     ipv6=":" in host)
+                except socket.gaierror:
+                    if ":" in host:
+                        raise
+                    self.client = statsd.StatsClient(host, port, prefix=self.prefix, ipv6=True)
             except OSError as e:  # name resolution, no route...
                 self.errors += 1
                 self._warn.warning("statsd", "statsd server %s:%d unusable: %s", *self.address, e)

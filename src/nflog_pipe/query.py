@@ -626,6 +626,7 @@ def fetch(endpoint: str, req: Request, out, timeout: float, ctx: zmq.Context | N
     own = ctx is None
     ctx = ctx or zmq.Context(1)
     sock = ctx.socket(zmq.DEALER)
+    sock.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
     if curve is not None:
         curve.client(sock)
     sock.linger = 0

@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if curve:  # the authenticator runs before anything is bound
         curve.start(ctx)
     pull = ctx.socket(zmq.PULL)
+    pull.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
     if curve:
         curve.server(pull)
     pull.rcvhwm = args.zmq_buffer
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         ring = Ring(int(args.buffer_window * 2**20), counters)
         tune_malloc()
         router = ctx.socket(zmq.ROUTER)
+        router.ipv6 = True
         if curve:
             curve.server(router)
         QueryServer.configure(router)

@@ -118,6 +118,7 @@ class Relay:
             self.curve.start(self.ctx)
         self.pull = self.ctx.socket(zmq.PULL)
         self.push = self.ctx.socket(zmq.PUSH)
+        self.pull.ipv6 = self.push.ipv6 = True  # IPv6 addresses and names too
         if self.curve is not None:
             self.curve.server(self.pull)
             self.curve.client(self.push)

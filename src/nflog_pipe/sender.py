@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         return runtime.fatal("dropping privileges: %s", e)
     ctx = zmq.Context(1)
     sock = ctx.socket(zmq.PUSH)
+    sock.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
     sock.sndhwm = args.zmq_buffer
     sock.linger = int(args.zmq_linger * 1000)
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)

@@ -34,6 +34,13 @@ class Option:
     choices: tuple[str, ...] | None = None
     required: bool = False
     extra: dict = field(default_factory=dict)
+    #: an option of the original tool that cannot keep its meaning: using it
+    #: (or its variable) is a one-line error with this text, naming the
+    #: replacement (docs/migration.md)
+    refused: str | None = None
+    #: called with the parsed arguments when the option was given, to
+    #: translate an original-style value (``-i 50/60``) into today's options
+    finish: Callable[[argparse.Namespace], None] | None = None
 
     @property
     def env(self) -> str:
@@ -236,6 +243,69 @@ def statsd_prefix(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class OriginalSampling:
+    """``-i COUNT[/INTERVAL]`` of the original tool: a counter was sent, with
+    its exact accumulated value, once COUNT updates and INTERVAL seconds had
+    (roughly) both passed since the last send: under load within
+    milliseconds, with light traffic after about a minute (``50/60``).
+    Counters are now aggregated in memory and flushed with exact values every
+    ``--statsd-interval`` (1 s), at least as often as the original under
+    load: the value is accepted and means a sample rate of 1.0."""
+    count: float
+    interval: float | None
+
+
+_interval = seconds(3600.0, lo=0.01)
+
+
+def statsd_sampling(text: str) -> float | OriginalSampling:
+    """A sample rate above 0 and up to 1, or the original ``COUNT[/INTERVAL]``
+    (COUNT above 1, e.g. its default ``50/60``)."""
+    count, sep, interval = text.partition("/")
+    if not sep:
+        try:
+            v = float(count) if len(count) <= 64 and count.isascii() else None
+        except ValueError:
+            v = None
+        if v is not None and math.isfinite(v) and 1 < v <= 1e9:
+            return OriginalSampling(v, None)
+        return fraction(text)
+    c = number(float, 0.0, 1e9, above=True, what="count")(count)
+    try:
+        i = _interval(interval)
+    except argparse.ArgumentTypeError as e:
+        _bad(f"{text!r}: the interval of COUNT/INTERVAL: {e}")
+    return OriginalSampling(c, i)
+
+
+statsd_sampling.range = "a rate above 0 to 1, or the original COUNT[/INTERVAL]"
+
+
+def _finish_sampling(args: argparse.Namespace) -> None:
+    v = args.statsd_sampling
+    if isinstance(v, OriginalSampling):
+        args.statsd_sampling = 1.0
+
+
+#: -t/--statsd-type: today's names, and the original's type suffixes that keep
+#: their meaning (it always sent the increments since the last send)
+STATSD_TYPES = {"counter": "counter", "gauge": "gauge", "c": "counter", "g": "g", "ms": "ms"}
+
+
+def statsd_type(text: str) -> str:
+    if text in STATSD_TYPES:
+        return STATSD_TYPES[text]
+    if text == "d":
+        _bad("'d' (the original's default) sent 'name:N|d' lines, which statsd rejects as bad "
+             "lines: use -t counter (the same increments, as statsd counters)")
+    _bad(f"{text!r}: use counter (increments), gauge (running totals), or the original's "
+         "suffixes c (= counter), g (increments as gauges), ms (increments as timers)")
+
+
+statsd_type.range = "counter, gauge, or the original's c, g, ms"
+
+
 # --- options every daemon shares -------------------------------------------
 
 LOG_OPTIONS = [
@@ -255,12 +325,16 @@ STATSD_OPTIONS = [
     Option("statsd_metrics_prefix", ("-n", "--statsd-metrics-prefix"),
            type=statsd_prefix, default="{host}.nflog_pipe.", metavar="PREFIX",
            help="prefix of every metric name; {host} is replaced by the short host name"),
-    Option("statsd_sampling", ("-i", "--statsd-sampling"), type=fraction, default=1.0,
-           metavar="RATE", help="sample rate announced with counter updates (counters are "
-           "aggregated in memory, so 1.0 sends exact values)"),
-    Option("statsd_type", ("-t", "--statsd-type"), default="counter",
-           choices=("counter", "gauge"),
-           help="send packet/byte totals as statsd counters (deltas) or gauges (running totals)"),
+    Option("statsd_sampling", ("-i", "--statsd-sampling"), type=statsd_sampling, default=1.0,
+           metavar="RATE", finish=_finish_sampling,
+           help="sample rate announced with counter updates (counters are "
+           "aggregated in memory, so 1.0 sends exact values); the original's COUNT[/INTERVAL] "
+           "(e.g. 50/60) is accepted and means exact values (1.0), every --statsd-interval"),
+    Option("statsd_type", ("-t", "--statsd-type"), type=statsd_type, default="counter",
+           metavar="TYPE",
+           help="send packet/byte totals as statsd counters (deltas) or gauges (running totals); "
+           "the original's type suffixes: c (counter), g (deltas as gauges), ms (deltas as "
+           "timers)"),
     Option("statsd_interval", ("--statsd-interval",), type=seconds(3600.0, lo=0.01), default=1.0,
            metavar="S", help="flush metrics every S seconds (and at exit)"),
 ]
@@ -280,6 +354,11 @@ def _env_value(opt: Option, raw: str) -> Any:
     return value
 
 
+class _Refuse(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string}: {self.help_text}")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with every error on one line: ``COMMAND: error: ...``, exit
     status 2 (the usage is one ``--help`` away)."""
@@ -296,6 +375,14 @@ def build_parser(prog: str, description: str, options: Iterable[Option],
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.set_defaults(_required=[])
     for opt in options:
+        if opt.refused:
+            if opt.env in environ:
+                parser.error(f"{opt.env}: {opt.refused}")
+            action = parser.add_argument(*opt.flags, dest=opt.name, action=_Refuse, nargs="?",
+                                         metavar=opt.metavar, default=None,
+                                         help=f"from the original tool, refused: {opt.refused}")
+            action.help_text = opt.refused
+            continue
         default = opt.default
         if opt.env in environ:
             try:
@@ -323,12 +410,16 @@ def build_parser(prog: str, description: str, options: Iterable[Option],
 def parse_args(prog: str, description: str, options: Iterable[Option],
                argv: list[str] | None = None,
                environ: Mapping[str, str] | None = None) -> argparse.Namespace:
-    parser = build_parser(prog, description, list(options), environ)
+    options = list(options)
+    parser = build_parser(prog, description, options, environ)
     args = parser.parse_args(argv)
     for opt in args._required:
         if getattr(args, opt.name) is None:
             parser.error(f"{opt.metavar or opt.name.upper()} is required (argument or {opt.env})")
     del args._required
+    for opt in options:
+        if opt.finish is not None and getattr(args, opt.name, None) is not None:
+            opt.finish(args)
     args.parser = parser
     return args
 

@@ -8,6 +8,10 @@ data path: errors are counted and logged (rate-limited), nothing is raised.
 
 from __future__ import annotations
 
+# getaddrinfo() encodes host names with the idna codec, imported on first
+# use: the statsd client is made after nflog-zmq-send --user dropped its
+# privileges, when the interpreter's library may no longer be readable
+import encodings.idna  # noqa: F401
 import logging
 import socket
 from collections.abc import Callable
@@ -50,7 +54,7 @@ class StatsdReporter:
                     if ":" in host:
                         raise
                     self.client = statsd.StatsClient(host, port, prefix=self.prefix, ipv6=True)
-            except OSError as e:  # name resolution, no route...
+            except (OSError, UnicodeError, LookupError) as e:  # name resolution, no route...
                 self.errors += 1
                 self._warn.warning("statsd", "statsd server %s:%d unusable: %s", *self.address, e)
         return self.client
@@ -64,10 +68,16 @@ class StatsdReporter:
             for name, value in counters.items():
                 if self.kind == "gauge":
                     pipe.gauge(name, value)
-                else:
-                    delta = value - self.sent.get(name, 0)
-                    if delta:
-                        pipe.incr(name, delta, rate=self.sampling)
+                    continue
+                delta = value - self.sent.get(name, 0)
+                if not delta:
+                    continue
+                if self.kind == "counter":
+                    pipe.incr(name, delta, rate=self.sampling)
+                elif self.kind == "g":  # the original's -t g: increments, typed as gauges
+                    pipe.gauge(name, delta)
+                else:  # "ms", the original's -t ms: increments, typed as timers
+                    pipe.timing(name, delta)
             for name, value in (gauges or {}).items():
                 pipe.gauge(name, value)
             pipe.send()

@@ -53,9 +53,14 @@ OPTIONS = [
            default=0.01,
            metavar="S", help="the kernel sends a batch at the latest this long after its first "
            "packet (nflog_set_timeout, in steps of 0.01 s)"),
-    Option("zmq_buffer", ("--zmq-buffer",), type=config.count(1, 1_000_000), default=50,
-           metavar="MSGS", help="frames queued for the network (ZMQ_SNDHWM); past it frames "
-           "are dropped and counted, never waited for"),
+    Option("zmq_buffer_frames", ("--zmq-buffer-frames",), type=config.count(1, 1_000_000),
+           default=50, metavar="FRAMES", help="frames (each up to --batch-size KiB of packets) "
+           "queued for the network (ZMQ_SNDHWM); past it frames are dropped and counted, never "
+           "waited for"),
+    Option("zmq_buffer", ("--zmq-buffer",), metavar="PACKETS", refused=(
+        "the original counted packets here (one ZeroMQ message per packet); messages are now "
+        "frames of many packets: use --zmq-buffer-frames FRAMES (default 50; "
+        "NFLOG_PIPE_ZMQ_BUFFER_FRAMES)")),
     Option("batch_size", ("--batch-size",), type=config.count(1, 16384), default=256,
            metavar="KiB", help="largest record area of one frame"),
     Option("sender_id", ("--sender-id",), type=config.text(frame.MAX_SENDER_ID, "sender id"),
@@ -364,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = zmq.Context(1)
     sock = ctx.socket(zmq.PUSH)
     sock.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
-    sock.sndhwm = args.zmq_buffer
+    sock.sndhwm = args.zmq_buffer_frames
     sock.linger = int(args.zmq_linger * 1000)
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
     sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)

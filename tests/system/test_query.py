@@ -97,7 +97,7 @@ def send_and_wait(pipe, reader, tmp_path, name, port, payloads, pace=50, v6=Fals
 def start_sender(pipe, group: str):
     """A sender with a deep queue: these tests are about the receiver, and on a
     busy machine the default 50 frames overflow (counted as queue_full)."""
-    return pipe.start_sender(group, "--stats-interval", "0.5", "--zmq-buffer", "5000")
+    return pipe.start_sender(group, "--stats-interval", "0.5", "--zmq-buffer-frames", "5000")
 
 
 # -- the buffer ---------------------------------------------------------------------------

@@ -39,7 +39,8 @@ OPTIONS = [
            "process before it drops packets (set with SO_RCVBUFFORCE and verified)"),
     Option("libnflog_nlbufsiz_max", ("--libnflog-nlbufsiz-max",), type=config.mib(1024.0),
            default=64.0, metavar="MiB",
-           help="on a kernel overrun (ENOBUFS) the receive buffer doubles up to this size"),
+           help="on a kernel overrun (ENOBUFS) the receive buffer doubles up to this size "
+           "(applied by the separate process that keeps only CAP_NET_ADMIN)"),
     Option("libnflog_kbufsiz", ("--libnflog-kbufsiz",), type=config.count(1, 16384), default=128,
            metavar="KiB", help="the kernel's per-group batch buffer (nflog_set_nlbufsiz), "
            "4 to 128 KiB: bigger batches cost the gateway less per packet"),
@@ -354,13 +355,16 @@ def main(argv: list[str] | None = None) -> int:
     except NflogError as e:
         return runtime.fatal("cannot set up NFLOG: %s", e)
     # Privileges go before any thread exists: capabilities are per thread and
-    # ZeroMQ starts I/O threads with its context.  The qthresh controller is
-    # forked first, so that it can keep CAP_NET_ADMIN and nothing else.
+    # ZeroMQ starts I/O threads with its context.  The controller (queue
+    # thresholds with --libnflog-qthresh auto, receive buffer growth up to
+    # --libnflog-nlbufsiz-max) is forked first, so that it can keep
+    # CAP_NET_ADMIN and nothing else; this process keeps no capability.
     qpolicy = None
     try:
-        if adaptive:
+        if adaptive or reader.rcvbuf_max > reader.rcvbuf:
             uid, gid = privs.resolve_user(args.user)[:2] if args.user else (os.getuid(), os.getgid())
-            reader.start_qthresh_controller(uid, gid)
+            reader.start_controller(uid, gid)
+        if adaptive:
             qpolicy = QthreshPolicy(start=1)
         who = privs.drop(args.user)
     except (OSError, privs.PrivilegeError) as e:
@@ -381,13 +385,13 @@ def main(argv: list[str] | None = None) -> int:
         reader.close()
         return runtime.fatal("cannot connect to %s: %s", args.dst, e)
     rt = runtime.Runtime(SERVICE, args, counters, gauges=lambda: {
-        "netlink_queue_bytes": reader.queued_bytes(), "netlink_rcvbuf": reader.rcvbuf})
+        "netlink_queue_bytes": reader.queued_bytes(), "netlink_rcvbuf": reader.kernel_rcvbuf()})
     rt.install_signals()
     sender = Sender(reader, sock, sender_id, rt, qpolicy, rc)
     log.info("started", extra={"event": "start", "groups": args.groups, "dst": args.dst,
                                "sender_id": sender_id.decode(), "instance": sender.instance,
                                "rcvbuf": reader.rcvbuf, "qthresh": args.libnflog_qthresh,
-                               "qthresh_controller_pid": reader._ctl_pid or None,
+                               "controller_pid": reader._ctl_pid or None,
                                "curve": bool(curve), **who,
                                "rate_control": ratecontrol.describe(rc) if rc else False})
     try:

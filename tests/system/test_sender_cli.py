@@ -124,7 +124,7 @@ def test_qthresh_controller_keeps_only_net_admin(lab):
     gw = lab.netns("gw")
     d = lab.daemon(gw, "nflog-zmq-send", "13", "tcp://127.0.0.1:9", "--user", "nobody")
     start = d.wait_log("start")
-    child = start["qthresh_controller_pid"]
+    child = start["controller_pid"]
     assert child and child != d.pid
     st = _status(child)
     import pwd
@@ -139,8 +139,13 @@ def test_qthresh_controller_keeps_only_net_admin(lab):
     assert not os.path.exists(f"/proc/{child}") or _status(child)["State"][0] == "Z"
 
 
-def test_static_qthresh_forks_no_controller(lab):
+def test_static_qthresh_and_no_room_to_grow_forks_no_controller(lab):
     gw = lab.netns("gw")
+    d = lab.daemon(gw, "nflog-zmq-send", "14", "tcp://127.0.0.1:9", "--libnflog-qthresh", "64",
+                   "--libnflog-nlbufsiz-max", "10")
+    assert d.wait_log("start")["controller_pid"] is None
+    d.stop()
+    # a buffer that may grow needs the controller even with a static qthresh
     d = lab.daemon(gw, "nflog-zmq-send", "14", "tcp://127.0.0.1:9", "--libnflog-qthresh", "64")
-    assert d.wait_log("start")["qthresh_controller_pid"] is None
+    assert d.wait_log("start")["controller_pid"]
     d.stop()

@@ -98,6 +98,7 @@ def number(conv: type, lo, hi, *, above: bool = False, or_zero: bool = False,
             _bad(f"{text!r} is out of range ({rng})")
         return v
     parse.range = rng
+    parse.lo, parse.hi = (conv(0) if or_zero else lo), hi
     return parse
 
 

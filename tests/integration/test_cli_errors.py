@@ -54,3 +54,35 @@ def test_recv_to_closed_stdout_is_a_clear_error():
                        preexec_fn=lambda: __import__("os").close(1))
     assert r.returncode == 2 and "standard output is closed" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def _extremes(options, end: str) -> list[str]:
+    """Every ranged option at the low or the high end of its range."""
+    argv = []
+    for opt in options:
+        t = opt.type
+        if opt.flags and hasattr(t, "lo") and opt.name not in ("compress_level",):
+            argv += [opt.flags[-1], str(getattr(t, end))]
+    return argv
+
+
+@pytest.mark.parametrize("end", ["lo", "hi"])
+@pytest.mark.parametrize("cmd", ["nflog-pcap-recv", "nflog-zmq-compress", "nflog-zmq-decompress"])
+def test_every_range_end_starts_cleanly(cmd, end, tmp_path):
+    """The ends of each documented range are values a daemon runs with: it
+    starts, and SIGTERM ends it with its totals (nflog-zmq-send:
+    tests/system/test_sender_cli.py)."""
+    from lab import Daemon
+
+    from nflog_pipe import receiver, relay
+    options = {"nflog-pcap-recv": receiver.OPTIONS, "nflog-zmq-compress": relay.COMPRESS_OPTIONS,
+               "nflog-zmq-decompress": relay.DECOMPRESS_OPTIONS}[cmd]
+    src = f"tcp://127.0.0.1:{free_port()}"
+    dst = str(tmp_path / "o.pcap") if cmd == "nflog-pcap-recv" else f"tcp://127.0.0.1:{free_port()}"
+    extra = ["--buffer-interface", str(free_port()), "--tap", str(free_port())] \
+        if cmd == "nflog-pcap-recv" else []
+    d = Daemon([tool(cmd), src, dst, *extra, *_extremes(options, end), "--log-format", "json"],
+               tmp_path / "d.log")
+    d.wait_log("start")
+    totals = d.stop()
+    assert totals["reason"] == "SIGTERM"

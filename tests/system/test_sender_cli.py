@@ -3,6 +3,7 @@
 import os
 import subprocess
 
+import pytest
 from lab import tool
 
 
@@ -149,3 +150,20 @@ def test_static_qthresh_and_no_room_to_grow_forks_no_controller(lab):
     d = lab.daemon(gw, "nflog-zmq-send", "14", "tcp://127.0.0.1:9", "--libnflog-qthresh", "64")
     assert d.wait_log("start")["controller_pid"]
     d.stop()
+
+
+@pytest.mark.parametrize("end", ["lo", "hi"])
+def test_every_range_end_starts_cleanly(lab, end):
+    """Each ranged option of nflog-zmq-send at the low or the high end of its
+    range (--libnflog-kbufsiz within what the kernel takes, 4 to 128 KiB:
+    beyond it the kernel's refusal is the clear error tested above)."""
+    from nflog_pipe import sender
+    gw = lab.netns("gw")
+    argv = []
+    for opt in sender.OPTIONS:
+        if opt.flags and hasattr(opt.type, "lo") and opt.name != "libnflog_kbufsiz":
+            argv += [opt.flags[-1], str(getattr(opt.type, end))]
+    argv += ["--libnflog-kbufsiz", "4" if end == "lo" else "128"]
+    d = lab.daemon(gw, "nflog-zmq-send", "15", "tcp://127.0.0.1:9", *argv)
+    d.wait_log("start")
+    assert d.stop()["reason"] == "SIGTERM"

@@ -106,19 +106,33 @@ class Netns:
     def iptables(self, *rule: str, v6: bool = False) -> None:
         self.exec("ip6tables" if v6 else "iptables", *rule)
 
+    def ipv6_only(self) -> None:
+        """No IPv4 address at all in this namespace, not even 127.0.0.1."""
+        self.exec("ip", "-4", "addr", "flush", "dev", "lo")
+
+    def hosts(self, text: str) -> None:
+        """/etc/hosts as seen inside this namespace (``ip netns exec``
+        bind-mounts /etc/netns/NAME/hosts); removed by ``Lab.close``."""
+        d = Path("/etc/netns") / self.name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "hosts").write_text(text)
+
 
 class Link:
-    """A veth pair between two namespaces with IPv4 /30 and IPv6 /64."""
+    """A veth pair between two namespaces with IPv4 /30 (unless ``v4`` is
+    False) and IPv6 /64."""
 
-    def __init__(self, a: Netns, b: Netns, index: int):
+    def __init__(self, a: Netns, b: Netns, index: int, v4: bool = True):
         self.a, self.b = a, b
+        self.v4 = v4
         self.a4, self.b4 = f"10.231.{index}.1", f"10.231.{index}.2"
         self.a6, self.b6 = f"fd00:231:{index}::1", f"fd00:231:{index}::2"
         ia, ib = f"nzv{index}a{os.getpid() % 1000}", f"nzv{index}b{os.getpid() % 1000}"
         run("ip", "link", "add", ia, "netns", a.name, "type", "veth", "peer", "name", ib,
             "netns", b.name)
         for ns, dev, v4, v6 in ((a, ia, self.a4, self.a6), (b, ib, self.b4, self.b6)):
-            ns.exec("ip", "addr", "add", f"{v4}/30", "dev", dev)
+            if self.v4:
+                ns.exec("ip", "addr", "add", f"{v4}/30", "dev", dev)
             ns.exec("ip", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
             ns.exec("ip", "link", "set", dev, "up")
         self.dev_a, self.dev_b = ia, ib
@@ -186,9 +200,9 @@ class Lab:
         self.ns.append(ns)
         return ns
 
-    def link(self, a: Netns, b: Netns) -> Link:
+    def link(self, a: Netns, b: Netns, v4: bool = True) -> Link:
         self.links += 1
-        return Link(a, b, (os.getpid() + self.links * 7) % 250 + 1)
+        return Link(a, b, (os.getpid() + self.links * 7) % 250 + 1, v4)
 
     def daemon(self, ns: Netns | None, name: str, *args: str, env: dict | None = None,
                tag: str = "") -> Daemon:
@@ -216,6 +230,7 @@ class Lab:
                 p.wait()
         for ns in self.ns:
             run("ip", "netns", "del", ns.name, check=False)
+            shutil.rmtree(Path("/etc/netns") / ns.name, ignore_errors=True)
 
 
 def send_udp(ns: Netns, dst: str, port: int, payloads_file: Path, pace: int = 200,

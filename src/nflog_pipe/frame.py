@@ -35,6 +35,9 @@ MAX_FRAME = 64 * 1024 * 1024
 #: Largest record area a frame may announce (bounds decompression).
 MAX_RAW = 64 * 1024 * 1024
 MAX_RECORDS = MAX_RAW // pcap.RECORD_HEADER.size
+#: the most a compressed payload can expand (deflate's limit, 1032:1): bounds
+#: the records a rejected compressed frame is counted for
+MAX_EXPANSION = 1032
 
 
 class FrameError(ValueError):
@@ -130,8 +133,14 @@ def decode(buf: bytes | memoryview) -> Frame:
     (magic, version, flags, codec, id_len, instance, count, seq, pkt_seq, raw_len,
      payload_len) = HEADER.unpack_from(mv)
     # the count reported with a rejection (packets known lost): only one that
-    # fits the announced area; a forged header must not inflate the counters
-    told = count if count * pcap.RECORD_HEADER.size <= raw_len <= MAX_RAW else None
+    # fits the announced area, and at most the records the bytes actually
+    # received could hold: a forged header must not inflate the counters
+    told = None
+    if count * pcap.RECORD_HEADER.size <= raw_len <= MAX_RAW:
+        room = max(0, n - HEADER_SIZE - id_len)
+        if flags & FLAG_COMPRESSED:
+            room *= MAX_EXPANSION
+        told = min(count, room // pcap.RECORD_HEADER.size)
     if magic != MAGIC:
         raise FrameError("magic", f"bad magic {bytes(magic)!r} (not an nflog-pipe frame)")
     if version != VERSION:
@@ -149,15 +158,15 @@ def decode(buf: bytes | memoryview) -> Frame:
     try:
         sender_id = bytes(mv[HEADER_SIZE : HEADER_SIZE + id_len]).decode()
     except UnicodeDecodeError:
-        raise FrameError("sender_id", "sender id is not UTF-8", count) from None
+        raise FrameError("sender_id", "sender id is not UTF-8", told) from None
     payload = mv[HEADER_SIZE + id_len :]
     if flags & FLAG_COMPRESSED:
-        records = _decompress(codec, payload, raw_len, count)
+        records = _decompress(codec, payload, raw_len, told)
     else:
         if codec != CODEC_NONE:
-            raise FrameError("codec", f"codec {codec} on an uncompressed frame", count)
+            raise FrameError("codec", f"codec {codec} on an uncompressed frame", told)
         if payload_len != raw_len:
-            raise FrameError("length", "uncompressed frame with payload length != record length", count)
+            raise FrameError("length", "uncompressed frame with payload length != record length", told)
         records = payload
     rc = _rlib.nzp_validate(_rffi.from_buffer(records), raw_len, count, pcap.SNAPLEN, _bad_index)
     if rc:

@@ -10,20 +10,35 @@ Hand NAME.key (public) to the peers: a server's to its clients
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
+from . import config
+from .config import Option
 from .security import SecurityError, write_keypair
 
 
+def key_name(text: str) -> str:
+    """Letters, digits, ``.``, ``_``, ``-``, up to 64, not starting with a
+    dot: the name is part of two file names and is written into the key
+    files' metadata."""
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}", text):
+        raise argparse.ArgumentTypeError(
+            f"bad key name {text!r}: use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with .)")
+    return text
+
+
+OPTIONS = [
+    Option("name", type=key_name, metavar="NAME", required=True,
+           help="key name, e.g. the host or service (gw1, receiver)"),
+    Option("dir", ("-d", "--dir"), type=config.path, default=".", metavar="DIR",
+           help="where to write the files"),
+    Option("force", ("--force",), flag=True, default=False, help="replace existing files"),
+]
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="nflog-pipe-keygen", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", help="key name, e.g. the host or service (gw1, receiver)")
-    p.add_argument("-d", "--dir", default=".", help="where to write the files (default: .)")
-    p.add_argument("--force", action="store_true", help="replace existing files")
-    a = p.parse_args(argv)
-    if not a.name or "/" in a.name or a.name.startswith("."):
-        p.error(f"bad key name {a.name!r}")
+    a = config.parse_args("nflog-pipe-keygen", __doc__, OPTIONS, argv)
     try:
         pub, sec = write_keypair(a.dir, a.name, a.force)
     except (SecurityError, OSError) as e:

@@ -13,6 +13,10 @@ a snapshot that could not be sent is not lost: the next send carries its delta.
 
 from __future__ import annotations
 
+# getaddrinfo() encodes host names with the idna codec, imported on first
+# use: the statsd client is made after nflog-zmq-send --user dropped its
+# privileges, when the interpreter's library may no longer be readable
+import encodings.idna  # noqa: F401
 import logging
 import socket
 import threading
@@ -151,7 +155,12 @@ class StatsdReporter:
                     delta = value - self.sent.get(name, 0)
                     if not delta:
                         continue
-                    client.incr(name, delta)
+                    if self.kind == "counter":
+                        client.incr(name, delta)
+                    elif self.kind == "g":  # the original's -t g: increments, typed as gauges
+                        client.gauge(name, delta)
+                    else:  # "ms", the original's -t ms: increments, typed as timers
+                        client.timing(name, delta)
                 self.sent[name] = value
             except OSError as e:
                 self.send_errors += 1

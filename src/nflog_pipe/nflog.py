@@ -134,6 +134,13 @@ class NflogReader:
         self.rcvbuf = size
         return got
 
+    def kernel_rcvbuf(self) -> int:
+        """The receive buffer the kernel applies now (it reports twice what
+        was set), for the ``netlink_rcvbuf`` gauge.  0 once closed."""
+        if self._sock is None:
+            return 0
+        return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+
     def queued_bytes(self) -> int:
         """Bytes the kernel holds for this socket, not yet read (a gauge:
         near ``rcvbuf`` means overruns are coming).  0 once closed."""
@@ -142,11 +149,26 @@ class NflogReader:
         return struct.unpack_from("I", self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))[0]
 
     def grow_rcvbuf(self) -> bool:
-        """After an overrun: double the receive buffer up to its cap."""
+        """After an overrun: double the receive buffer up to its cap.  With
+        the controller (the sender's privileges are dropped) the request goes
+        to it and takes effect within microseconds, asynchronously; without
+        it, this process must still hold CAP_NET_ADMIN."""
         if self.rcvbuf >= self.rcvbuf_max:
             return False
+        size = min(self.rcvbuf * 2, self.rcvbuf_max)
+        if self._ctl_fd is not None:
+            try:
+                os.write(self._ctl_fd, struct.pack("=II", lib.NZP_CTL_RCVBUF, size))
+            except OSError as e:
+                log.warning("cannot grow the netlink receive buffer: controller unavailable: %s",
+                            e.strerror)
+                self._stop_controller()
+                self.rcvbuf_max = self.rcvbuf
+                return False
+            self.rcvbuf = size
+            return True
         try:
-            self.set_rcvbuf(min(self.rcvbuf * 2, self.rcvbuf_max))
+            self.set_rcvbuf(size)
         except NflogError as e:
             log.warning("cannot grow the netlink receive buffer: %s", e)
             self.rcvbuf_max = self.rcvbuf
@@ -154,11 +176,13 @@ class NflogReader:
         return True
 
     # -- run-time kernel batch size (privilege-separated) ------------------------
-    def start_qthresh_controller(self, uid: int, gid: int) -> int:
-        """Fork the child that may change queue thresholds later (see
-        ``nzp_ctl_child`` in nflog.h): it keeps only CAP_NET_ADMIN, runs as
-        uid/gid, and can only touch this reader's groups.  Call before any
-        thread exists and before dropping the parent's privileges."""
+    def start_controller(self, uid: int, gid: int) -> int:
+        """Fork the child that may change queue thresholds and grow the
+        receive buffer later (see ``nzp_ctl_child`` in nflog.h): it keeps
+        only CAP_NET_ADMIN, runs as uid/gid, and can only touch this
+        reader's groups, and the receive buffer up to ``rcvbuf_max``.  Call
+        before any thread exists and before dropping the parent's
+        privileges."""
         r, w = os.pipe()
         groups = ffi.new("uint16_t[]", self.groups)
         pid = os.fork()
@@ -171,7 +195,8 @@ class NflogReader:
                 os.closerange(3, keep[0])
                 for a, b in zip(keep, keep[1:] + [1 << 16], strict=True):
                     os.closerange(a + 1, b)
-                rc = 1 if lib.nzp_ctl_child(r, self.fd, groups, len(self.groups), uid, gid) else 0
+                rc = 1 if lib.nzp_ctl_child(r, self.fd, groups, len(self.groups), uid, gid,
+                                            self.rcvbuf_max) else 0
             finally:
                 os._exit(rc)
         os.close(r)

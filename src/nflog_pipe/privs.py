@@ -18,21 +18,35 @@ class PrivilegeError(RuntimeError):
     pass
 
 
+def _id(text: str) -> int | None:
+    """A numeric uid/gid (ASCII digits, below 2**32 - 1), or None for a name."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    if len(text) > 10 or int(text) >= 2**32 - 1:
+        raise PrivilegeError(f"{text}: ids go from 0 to {2**32 - 2}")
+    return int(text)
+
+
 def resolve_user(spec: str) -> tuple[int, int, str]:
     """``name``, ``uid``, ``name:group`` or ``uid:gid`` -> (uid, gid, name)."""
     user, _, group = spec.partition(":")
+    if not user:
+        raise PrivilegeError(f"{spec!r}: empty user name")
+    uid = _id(user)
     try:
-        pw = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+        pw = pwd.getpwnam(user) if uid is None else pwd.getpwuid(uid)
         uid, gid, name = pw.pw_uid, pw.pw_gid, pw.pw_name
-    except KeyError:
-        if not user.isdigit():
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
+        if uid is None:
             raise PrivilegeError(f"no such user: {user!r}") from None
-        uid, gid, name = int(user), int(user), user
+        gid, name = uid, user
     if group:
-        try:
-            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise PrivilegeError(f"no such group: {group!r}") from None
+        gid = _id(group)
+        if gid is None:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except (KeyError, ValueError):
+                raise PrivilegeError(f"no such group: {group!r}") from None
     return uid, gid, name
 
 

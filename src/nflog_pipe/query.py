@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -620,9 +621,11 @@ class QueryServer:
 
 # --- the client -----------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
+_DURATION = re.compile(r"^\s*([0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNIT = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*([0-9]{1,16})\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+#: largest --max-bytes (1 TiB): far above any --buffer-window
+MAX_SIZE = 1 << 40
 
 
 def duration(text: str) -> float:
@@ -664,13 +667,15 @@ def size(text: str) -> int:
     v = int(m.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
     if v < len(pcap.GLOBAL_HEADER_BYTES):
         raise argparse.ArgumentTypeError(f"{text!r}: a pcap file needs at least 24 bytes")
+    if v > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most 1T")
     return v
 
 
 OPTIONS = [
     Option("endpoint", type=buffer_endpoint, metavar="ENDPOINT", required=True,
            help="the receiver's --buffer-interface (ZeroMQ endpoint, or a port on 127.0.0.1)"),
-    Option("output", ("-o", "--output"), default="-", metavar="FILE",
+    Option("output", ("-o", "--output"), type=config.path, default="-", metavar="FILE",
            help="write the pcap to FILE (written whole, then renamed into place); - for stdout"),
     Option("last", ("--last",), type=duration, metavar="DURATION",
            help="only packets of the last DURATION (30s, 5m, 2h...) by the receiver's clock"),
@@ -681,16 +686,88 @@ OPTIONS = [
            help="only packets before TIME"),
     Option("max_bytes", ("--max-bytes",), type=size, metavar="SIZE",
            help="at most SIZE bytes of pcap (64K, 10M...): the newest packets that fit"),
-    Option("filter", ("-f", "--filter"), metavar="EXPRESSION",
+    Option("filter", ("-f", "--filter"), type=config.text(MAX_EXPRESSION, "filter"),
+           metavar="EXPRESSION",
            help="only packets matching this BPF filter (tcpdump syntax, e.g. 'udp and port "
            "5353'), compiled by libpcap on the receiver"),
-    Option("timeout", ("--timeout",), type=config.positive_float, default=10.0, metavar="S",
+    Option("timeout", ("--timeout",), type=config.seconds(86400.0), default=10.0, metavar="S",
            help="give up when the receiver does not answer for S seconds"),
-    Option("wait", ("--wait",), type=config.nonneg_float, default=0.0, metavar="S",
+    Option("wait", ("--wait",), type=config.seconds(86400.0, zero=True), default=0.0,
+           metavar="S",
            help="when the receiver answers busy (too many queries, or a running query "
            "still holds traffic evicted from the window), ask again every second for up "
            "to S seconds (0: fail at once)"),
+    Option("quiet", ("-q", "--quiet"), flag=True, default=False,
+           help="no progress line on the terminal (with -o FILE, stderr a terminal)"),
 ] + security.CLIENT_OPTIONS + [o for o in config.LOG_OPTIONS if o.name in ("debug", "log_format")]
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+class Progress:
+    """The progress line of ``-o FILE`` on a terminal: bytes received of
+    the total the response header announced, the rate, the time left.  No
+    I/O here: ``update`` returns the line to show (at most every
+    ``interval`` seconds), or None."""
+
+    def __init__(self, clock=time.monotonic, interval: float = 0.25):
+        self.clock = clock
+        self.interval = interval
+        self.total = 0
+        self.got = 0
+        self.started = 0.0
+        self._shown = float("-inf")
+
+    def start(self, total: int) -> None:
+        self.total, self.got, self.started = total, 0, self.clock()
+
+    def line(self, now: float) -> str:
+        span = now - self.started
+        rate = self.got / span if span > 0 else 0.0
+        pct = 100 * self.got // self.total if self.total else 100
+        left = f"{(self.total - self.got) / rate:.0f} s left" if rate > 0 else "-- s left"
+        if self.got >= self.total:
+            left = f"done in {span:.1f} s"
+        return f"{_mib(self.got)} of {_mib(self.total)} ({pct}%)  {_mib(rate)}/s  {left}"
+
+    def update(self, n: int) -> str | None:
+        self.got += n
+        now = self.clock()
+        if now - self._shown < self.interval and self.got < self.total:
+            return None
+        self._shown = now
+        return self.line(now)
+
+
+class _TerminalProgress:
+    """Shows ``Progress`` lines on stderr, rewriting one line."""
+
+    def __init__(self, stream):
+        self.p = Progress()
+        self.stream = stream
+        self.width = 0
+
+    def start(self, total: int) -> None:
+        self.p.start(total)
+        self._show(self.p.line(self.p.clock()))
+
+    def update(self, n: int) -> None:
+        text = self.p.update(n)
+        if text is not None:
+            self._show(text)
+
+    def _show(self, text: str) -> None:
+        self.stream.write("\r" + text.ljust(self.width))
+        self.stream.flush()
+        self.width = len(text)
+
+    def end(self) -> None:
+        if self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.width = 0
 
 
 class QueryFailed(Exception):
@@ -737,12 +814,15 @@ class _Sink:
 
 
 def fetch(endpoint: str, req: Request, out, timeout: float, ctx: zmq.Context | None = None,
-          curve: security.Curve | None = None) -> dict:
+          curve: security.Curve | None = None, progress=None) -> dict:
     """Run one query; write the pcap bytes to ``out.write``.  Returns the
-    response header; raises QueryFailed with the receiver's message."""
+    response header; raises QueryFailed with the receiver's message.
+    ``progress`` (optional) is told the announced total (``start``) and
+    each piece received (``update``)."""
     own = ctx is None
     ctx = ctx or zmq.Context(1)
     sock = ctx.socket(zmq.DEALER)
+    sock.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
     if curve is not None:
         curve.client(sock)
     sock.linger = 0
@@ -772,10 +852,14 @@ def fetch(endpoint: str, req: Request, out, timeout: float, ctx: zmq.Context | N
             if kind == MSG_HEADER:
                 header = json.loads(parts[1].bytes)
                 log.debug("response header", extra={"event": "header", **header})
+                if progress is not None:
+                    progress.start(header["bytes"])
             elif kind == MSG_DATA and header is not None:
                 buf = parts[1].buffer
                 out.write(buf)
                 got += len(buf)
+                if progress is not None:
+                    progress.update(len(buf))
                 sock.send_multipart([CMD_MORE, b"1"])
             elif kind == MSG_END and header is not None:
                 if got != header["bytes"]:
@@ -795,6 +879,18 @@ def fetch(endpoint: str, req: Request, out, timeout: float, ctx: zmq.Context | N
             ctx.term()
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP: leave like after Ctrl-C, removing FILE.part."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = config.parse_args("nflog-pcap-query", __doc__.split("\n\n")[0], OPTIONS, argv)
     if args.last is not None and (args.since is not None or args.until is not None):
@@ -805,37 +901,59 @@ def main(argv: list[str] | None = None) -> int:
     except security.SecurityError as e:
         return runtime.fatal("%s", e)
     req = Request(args.last, args.since, args.until, args.max_bytes, args.filter)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _stop)
     try:
         sink = _Sink(args.output)
     except (OSError, QueryFailed) as e:
         return runtime.fatal("cannot write %s: %s", args.output, getattr(e, "strerror", None) or e,
                              code=1)
+    progress = None
+    if args.output != "-" and not args.quiet and sys.stderr is not None and sys.stderr.isatty():
+        progress = _TerminalProgress(sys.stderr)
     started = asked = time.monotonic()
     try:
         while True:
             try:
-                header = fetch(args.endpoint, req, sink, args.timeout, curve=curve)
+                header = fetch(args.endpoint, req, sink, args.timeout, curve=curve,
+                               progress=progress)
                 break
             except QueryFailed as e:
                 left = started + args.wait - time.monotonic()
                 if e.kind != "busy" or left <= 0:
                     raise
                 pause = min(1.0, left)
-                log.info("%s: asking again in %.1f s", e, pause, extra={"event": "query_busy"})
+                again = datetime.now().timestamp() + pause
+                log.info("%s: asking again in %.1f s (at %s; --wait gives up in %.0f s)", e,
+                         pause, datetime.fromtimestamp(again).strftime("%H:%M:%S.%f")[:-3], left,
+                         extra={"event": "query_busy", "retry_in": round(pause, 3),
+                                "wait_left": round(left, 3)})
                 time.sleep(pause)
                 asked = time.monotonic()
+        if progress is not None:
+            progress.end()
         sink.commit()
     except QueryFailed as e:
         sink.abort()
+        if progress is not None:
+            progress.end()  # the error goes on a line of its own
         log.error("%s", e, extra={"event": "query_failed", "endpoint": args.endpoint})
         return 1
     except BrokenPipeError:
         sink.abort()
+        if progress is not None:
+            progress.end()  # the error goes on a line of its own
         log.error("output closed before the pcap was complete", extra={"event": "query_failed"})
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped) as e:
+        part = sink.tmp
         sink.abort()
-        return 130
+        if progress is not None:
+            progress.end()  # the error goes on a line of its own
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        log.error("stopped by %s before the pcap was complete%s", signal.Signals(signum).name,
+                  f" ({part} removed)" if part else "", extra={"event": "query_stopped"})
+        return 128 + signum
     log.info("wrote %d packets (%d bytes) to %s", header["records"], header["bytes"],
              "stdout" if args.output == "-" else args.output,
              extra={"event": "query_done", "records": header["records"],

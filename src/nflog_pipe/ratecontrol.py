@@ -282,13 +282,13 @@ def _codec_name(text: str) -> int:
 
 
 WATERMARK_OPTIONS = [
-    Option("lwm", ("--lwm",), type=config.nonneg_float, default=1.0, metavar="MiB/s",
+    Option("lwm", ("--lwm",), type=config.mib(100000.0, lo=1e-6, zero=True), default=1.0, metavar="MiB/s",
            help="low watermark: above this offered rate frames are squashed and compressed "
            "(0: never compress)"),
-    Option("hwm", ("--hwm",), type=config.nonneg_float, default=5.0, metavar="MiB/s",
+    Option("hwm", ("--hwm",), type=config.mib(100000.0, lo=1e-6, zero=True), default=5.0, metavar="MiB/s",
            help="high watermark: on average at most this much goes on, the excess is dropped "
            "and counted as dropped.hwm (0: never drop)"),
-    Option("wm_interval", ("--wm-interval",), type=config.positive_float, default=1.0,
+    Option("wm_interval", ("--wm-interval",), type=config.mib(1024.0), default=1.0,
            metavar="MiB", help="the rate is measured over the last this-many MiB (at most "
            "over the last second), and bursts of this size above --hwm still pass"),
 ]
@@ -296,12 +296,12 @@ WATERMARK_OPTIONS = [
 COMPRESS_OPTIONS = [
     Option("codec", ("--codec",), type=_codec_name, default="zlib", metavar="zlib|zstd",
            help="compression codec: zlib, or zstd (needs the zstandard package)"),
-    Option("compress_level", ("--compress-level",), type=config.positive_int, metavar="N",
+    Option("compress_level", ("--compress-level",), type=config.count(1, 22), metavar="N",
            help="compression level (zlib 1-9, default 6; zstd 1-19, default 3)"),
-    Option("compress_delay", ("--compress-delay",), type=config.positive_float, default=0.1,
+    Option("compress_delay", ("--compress-delay",), type=config.seconds(60.0), default=0.1,
            metavar="S", help="squashed frames leave at the latest this long after their first "
            "packet came in, however light the traffic"),
-    Option("compress_batch", ("--compress-batch",), type=config.positive_int, default=1024,
+    Option("compress_batch", ("--compress-batch",), type=config.count(1, 65536), default=1024,
            metavar="KiB", help="squashed frames leave once they hold this much (uncompressed)"),
 ]
 

@@ -15,6 +15,7 @@ from this loop in bounded steps and never hold up the live output.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
@@ -36,17 +37,17 @@ SERVICE = "recv"
 OPTIONS = [
     Option("src", type=config.endpoint, metavar="SRC", required=True,
            help="ZeroMQ endpoint to bind (PULL); many senders may connect"),
-    Option("dst", metavar="DST", required=True,
+    Option("dst", type=config.path, metavar="DST", required=True,
            help="where the pcap stream goes: a FIFO (an IDS reads it with -r), a file, or - "
            "for stdout"),
     Option("fifo_create", ("--fifo-create",), flag=True, default=False,
            help="create DST as a FIFO if it does not exist"),
-    Option("output_buffer", ("--output-buffer",), type=config.positive_float, default=4.0,
+    Option("output_buffer", ("--output-buffer",), type=config.mib(4096.0), default=4.0,
            metavar="MiB", help="records waiting for a slow output reader; past it frames are "
            "dropped whole and counted"),
-    Option("fifo_retry", ("--fifo-retry",), type=config.positive_float, default=0.1, metavar="S",
+    Option("fifo_retry", ("--fifo-retry",), type=config.seconds(60.0), default=0.1, metavar="S",
            help="how often to look for a FIFO reader while none is attached"),
-    Option("zmq_buffer", ("--zmq-buffer",), type=config.positive_int, default=32,
+    Option("zmq_buffer", ("--zmq-buffer",), type=config.count(1, 100000), default=32,
            metavar="MSGS", help="frames ZeroMQ may queue on the way in, per sender "
            "(ZMQ_RCVHWM); past it TCP pushes back and the sender queues, then drops and "
            "counts. Memory: up to this many frames (each at most the sender's --batch-size "
@@ -58,24 +59,24 @@ OPTIONS = [
            "to nflog-pcap-query on this ZeroMQ endpoint (a bare port means tcp://127.0.0.1:PORT)"
            "; with --curve-secret-key/--curve-allow only allowed clients, without keys "
            "loopback only unless --insecure-bind"),
-    Option("buffer_window", ("--buffer-window",), type=config.positive_float, default=64.0,
+    Option("buffer_window", ("--buffer-window",), type=config.mib(1048576.0), default=64.0,
            metavar="MiB", help="size of the traffic buffer in pcap bytes (a hard bound); the "
            "oldest packets are evicted (counted as dropped.evicted)"),
-    Option("buffer_timeout", ("--buffer-timeout",), type=config.positive_float, default=1.0,
+    Option("buffer_timeout", ("--buffer-timeout",), type=config.seconds(3600.0), default=1.0,
            metavar="S", help="forget a query whose client takes nothing for S seconds"),
-    Option("buffer_clients", ("--buffer-clients",), type=config.positive_int, default=4,
+    Option("buffer_clients", ("--buffer-clients",), type=config.count(1, 1024), default=4,
            metavar="N", help="queries served at once; more are refused as busy"),
-    Option("buffer_rate", ("--buffer-rate",), type=config.nonneg_float, default=64.0,
+    Option("buffer_rate", ("--buffer-rate",), type=config.mib(1e6, lo=0.01, zero=True), default=64.0,
            metavar="MiB/s", help="queries together send at most this much (0: no limit), so "
            "that they leave the CPU to the live traffic on a busy host"),
     Option("tap", ("--tap",), type=tap_endpoint, metavar="ENDPOINT",
            help="stream the live traffic to PCAP-over-IP clients (Wireshark TCP@host:port) on "
            "this TCP endpoint: tcp://HOST:PORT, HOST:PORT or PORT (127.0.0.1); no "
            "authentication (PCAP-over-IP has none): loopback only unless --insecure-bind"),
-    Option("tap_buffer", ("--tap-buffer",), type=config.positive_float, default=4.0,
+    Option("tap_buffer", ("--tap-buffer",), type=config.mib(4096.0), default=4.0,
            metavar="MiB", help="how far a tap client may fall behind before it is "
            "disconnected (counted as dropped.tap_slow)"),
-    Option("tap_clients", ("--tap-clients",), type=config.positive_int, default=16,
+    Option("tap_clients", ("--tap-clients",), type=config.count(1, 1024), default=16,
            metavar="N", help="tap clients served at once; more are refused"),
     Option("insecure_bind", ("--insecure-bind",), flag=True, default=False,
            help="allow --buffer-interface without CURVE, and --tap (which has no "
@@ -194,8 +195,17 @@ def _tap_events(tap: Tap, events: dict) -> None:
                 tap.writable(item)
 
 
+def _closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = config.parse_args("nflog-pcap-recv", __doc__.split("\n\n")[0], OPTIONS, argv)
+    runtime.ignore_hangup()
     runtime.setup_logging(SERVICE, args)
     if args.rate_control:
         log.info("--rate-control is no longer needed: compressed frames are detected")
@@ -214,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.tap and not security.is_loopback(f"tcp://{args.tap[0]}:{args.tap[1]}"):
             return runtime.fatal("--tap %s:%d is not loopback: PCAP-over-IP clients cannot "
                                  "authenticate (use an SSH tunnel, or --insecure-bind)", *args.tap)
+    if args.dst == "-" and (sys.stdout is None or _closed(1)):
+        return runtime.fatal("DST is - but standard output is closed")
     try:
         output = PcapOutput(args.dst, counters, int(args.output_buffer * 2**20), args.fifo_create)
     except OSError as e:
@@ -222,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if curve:  # the authenticator runs before anything is bound
         curve.start(ctx)
     pull = ctx.socket(zmq.PULL)
+    pull.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
     if curve:
         curve.server(pull)
     pull.rcvhwm = args.zmq_buffer
@@ -238,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         ring = Ring(int(args.buffer_window * 2**20), counters)
         tune_malloc()
         router = ctx.socket(zmq.ROUTER)
+        router.ipv6 = True
         if curve:
             curve.server(router)
         QueryServer.configure(router)
@@ -271,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rt = runtime.Runtime(SERVICE, args, counters, gauges=gauges)
     rt.install_signals()
+    if curve and curve.allow:
+        rt.on_reload("CURVE allow-list", curve.allow.reload)
     log.info("started", extra={"event": "start", "src": args.src, "dst": args.dst,
                                "output": output.kind, "buffer_interface": args.buffer_interface,
                                "curve": bool(curve), **limits,

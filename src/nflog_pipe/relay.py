@@ -133,6 +133,7 @@ class Relay:
             self.curve.start(self.ctx)
         self.pull = self.ctx.socket(zmq.PULL)
         self.push = self.ctx.socket(zmq.PUSH)
+        self.pull.ipv6 = self.push.ipv6 = True  # IPv6 addresses and names too
         if self.curve is not None:
             self.curve.server(self.pull)
             self.curve.client(self.push)
@@ -269,10 +270,10 @@ _COMMON = [
            help="ZeroMQ endpoint to bind (PULL); senders or another relay connect to it"),
     Option("dst", type=config.endpoint, metavar="DST", required=True,
            help="ZeroMQ endpoint to PUSH frames to (a receiver or another relay)"),
-    Option("zmq_buffer", ("--zmq-buffer",), type=config.positive_int, default=50,
+    Option("zmq_buffer", ("--zmq-buffer",), type=config.count(1, 1_000_000), default=50,
            metavar="MSGS", help="frames queued on the way in and on the way out "
            "(ZMQ_RCVHWM/ZMQ_SNDHWM); past it outgoing frames are dropped and counted"),
-    Option("zmq_linger", ("--zmq-linger",), type=config.nonneg_float, default=1.0, metavar="S",
+    Option("zmq_linger", ("--zmq-linger",), type=config.seconds(3600.0, zero=True), default=1.0, metavar="S",
            help="at exit, wait this long for queued frames to leave"),
 ]
 
@@ -291,6 +292,7 @@ def _main(mode: str, argv: list[str] | None) -> int:
     prog = f"nflog-zmq-{mode}"
     options = COMPRESS_OPTIONS if mode == COMPRESS else DECOMPRESS_OPTIONS
     args = config.parse_args(prog, _DESCRIPTIONS[mode], options, argv)
+    runtime.ignore_hangup()
     runtime.setup_logging(mode, args)
     counters = Counters()
     limits = listen.raise_fd_limit()
@@ -316,6 +318,8 @@ def _main(mode: str, argv: list[str] | None) -> int:
     rt = runtime.Runtime(mode, args, counters,
                          gauges=lambda: {"pending_bytes": rc.pending_bytes if rc else 0})
     rt.install_signals()
+    if curve and curve.allow:
+        rt.on_reload("CURVE allow-list", curve.allow.reload)
     settings = ratecontrol.describe(rc) if rc else {}
     log.info("started", extra={"event": "start", "src": args.src, "dst": args.dst,
                                "instance": relay.out.instance, "curve": bool(curve), **limits,

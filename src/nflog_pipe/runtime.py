@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import logs, metrics
@@ -36,14 +37,44 @@ class Runtime:
         self._stats_interval = getattr(args, "stats_interval", 0.0)
         self._next_stats = now + self._stats_interval if self._stats_interval else float("inf")
         self._last_stats = (now, dict(self.counters))
+        self._reloaders: list[tuple[str, Callable[[], object]]] = []
+        self._hup = False
 
     # -- signals --------------------------------------------------------------
     def install_signals(self) -> None:
+        """SIGTERM and SIGINT stop the loop (the totals record follows);
+        SIGHUP never stops it: it reloads what ``on_reload`` registered
+        (the CURVE allow-list), at the loop's next ``tick``."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hangup)
+
+    def on_reload(self, what: str, fn: Callable[[], object]) -> None:
+        self._reloaders.append((what, fn))
 
     def _on_signal(self, signum, frame) -> None:
         self.stop(signal.Signals(signum).name)
+
+    def _on_hangup(self, signum, frame) -> None:
+        self._hup = True  # handled in tick(): nothing heavy in a signal handler
+
+    def reload(self) -> None:
+        self._hup = False
+        if not self._reloaders:
+            log.info("SIGHUP: nothing to reload, ignored", extra={"event": "sighup",
+                                                                  "reloaded": []})
+            return
+        done = []
+        for what, fn in self._reloaders:
+            try:
+                fn()
+            except Exception as e:  # a bad file must not stop the daemon
+                log.error("SIGHUP: cannot reload %s, keeping the previous one: %s", what, e,
+                          extra={"event": "reload_failed", "what": what})
+            else:
+                done.append(what)
+        log.info("SIGHUP: reloaded %s", ", ".join(done) or "nothing",
+                 extra={"event": "sighup", "reloaded": done})
 
     def stop(self, reason: str) -> None:
         self.stopping = True
@@ -52,6 +83,8 @@ class Runtime:
     # -- timers ---------------------------------------------------------------
     def tick(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
+        if self._hup:
+            self.reload()
         if self.health and now >= self._next_health:
             self._touch_health()
             self._next_health = now + 1.0
@@ -104,6 +137,12 @@ class Runtime:
 
 def setup_logging(service: str, args) -> None:
     logs.setup(service, args.log_format, args.debug)
+
+
+def ignore_hangup() -> None:
+    """A daemon is never stopped by SIGHUP, not even while it starts
+    (``Runtime.install_signals`` then makes it a reload request)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def fatal(message: str, *args, code: int = 2) -> int:

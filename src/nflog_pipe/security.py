@@ -24,6 +24,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from . import config
 from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
@@ -31,16 +32,16 @@ from .metrics import Counters
 log = logging.getLogger(__name__)
 
 SECRET_KEY = Option(
-    "curve_secret_key", ("--curve-secret-key",), metavar="FILE",
+    "curve_secret_key", ("--curve-secret-key",), type=config.path, metavar="FILE",
     help="this daemon's CURVE key pair (a ZeroMQ certificate with its secret key, from "
     "nflog-pipe-keygen); turns on encryption and authentication")
 SERVER_KEY = Option(
-    "curve_server_key", ("--curve-server-key",), metavar="FILE",
+    "curve_server_key", ("--curve-server-key",), type=config.path, metavar="FILE",
     help="public key of the server this daemon connects to (pinned: any other is refused)")
 ALLOW = Option(
-    "curve_allow", ("--curve-allow",), metavar="DIR",
+    "curve_allow", ("--curve-allow",), type=config.path, metavar="DIR",
     help="directory of the public keys (*.key) of the clients allowed to connect; "
-    "re-read on SIGHUP")
+    "re-read on SIGHUP (applies to new connections)")
 
 CLIENT_OPTIONS = [SECRET_KEY, SERVER_KEY]
 SERVER_OPTIONS = [SECRET_KEY, ALLOW]
@@ -78,18 +79,27 @@ class AllowList:
         self.c = counters
         self.c.setdefault("auth_refused", 0)
         self._warn = RateLimited(log, 10.0)
-        self.keys: set[bytes] = set()
+        #: public key -> the file it came from
+        self.keys: dict[bytes, str] = {}
         self.reload()
 
     def reload(self) -> int:
+        """Read the directory again (at start and on SIGHUP).  A missing
+        directory or an unreadable key raises SecurityError and leaves the
+        list as it was.  Applies to new connections; ZeroMQ authenticates a
+        client once, at its handshake."""
         if not self.directory.is_dir():
             raise SecurityError(f"--curve-allow {self.directory}: not a directory")
-        keys = set()
+        keys = {}
         for f in sorted(self.directory.glob("*.key")):
-            keys.add(_load(str(f), need_secret=False)[0])
-        self.keys = keys
-        log.info("allowing %d client keys from %s", len(keys), self.directory,
-                 extra={"event": "allow_list", "keys": len(keys)})
+            keys[_load(str(f), need_secret=False)[0]] = f.name
+        old, self.keys = self.keys, keys  # one assignment: the ZAP thread sees old or new
+        added = sorted(keys[k] for k in keys.keys() - old.keys())
+        removed = sorted(old[k] for k in old.keys() - keys.keys())
+        log.info("allowing %d client keys from %s (%d added, %d removed)", len(keys),
+                 self.directory, len(added), len(removed),
+                 extra={"event": "allow_list", "keys": len(keys), "added": added,
+                        "removed": removed})
         return len(keys)
 
     def callback(self, domain: str, client_key: bytes) -> bool:

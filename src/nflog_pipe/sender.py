@@ -33,36 +33,44 @@ OPTIONS = [
            help="NFLOG groups to read, a comma list (e.g. 0,1)"),
     Option("dst", type=config.endpoint, metavar="DST", required=True,
            help="ZeroMQ endpoint to PUSH frames to (e.g. tcp://ids.example:1234)"),
-    Option("user", ("-u", "--user"), metavar="USER[:GROUP]",
+    Option("user", ("-u", "--user"), type=config.user_spec, metavar="USER[:GROUP]",
            help="after binding the groups, switch to this user (and its group, or GROUP), "
            "clearing supplementary groups and every capability"),
-    Option("libnflog_nlbufsiz", ("--libnflog-nlbufsiz",), type=config.positive_float,
+    Option("libnflog_nlbufsiz", ("--libnflog-nlbufsiz",), type=config.mib(1024.0),
            default=10.0, metavar="MiB",
            help="netlink socket receive buffer: how much the kernel may queue for this "
            "process before it drops packets (set with SO_RCVBUFFORCE and verified)"),
-    Option("libnflog_nlbufsiz_max", ("--libnflog-nlbufsiz-max",), type=config.positive_float,
+    Option("libnflog_nlbufsiz_max", ("--libnflog-nlbufsiz-max",), type=config.mib(1024.0),
            default=64.0, metavar="MiB",
-           help="on a kernel overrun (ENOBUFS) the receive buffer doubles up to this size"),
-    Option("libnflog_kbufsiz", ("--libnflog-kbufsiz",), type=config.positive_int, default=128,
+           help="on a kernel overrun (ENOBUFS) the receive buffer doubles up to this size "
+           "(applied by the separate process that keeps only CAP_NET_ADMIN)"),
+    Option("libnflog_kbufsiz", ("--libnflog-kbufsiz",), type=config.count(1, 16384), default=128,
            metavar="KiB", help="the kernel's per-group batch buffer (nflog_set_nlbufsiz), "
            "4 to 128 KiB: bigger batches cost the gateway less per packet"),
-    Option("libnflog_qthresh", ("--libnflog-qthresh",), type=config.auto_or_positive_int,
+    Option("libnflog_qthresh", ("--libnflog-qthresh",), type=config.auto_or(config.count(1, 65536)),
            default="auto", metavar="PACKETS|auto",
            help="the kernel sends a batch once it holds this many packets (nflog_set_qthresh; an "
            "iptables --nflog-threshold overrides it per rule). auto: follow the packet rate, "
            "1 when traffic is light (low latency) up to 1024 under load (low cost per packet); "
            "a separate process that keeps only CAP_NET_ADMIN applies the changes"),
-    Option("libnflog_timeout", ("--libnflog-timeout",), type=config.nonneg_float, default=0.01,
+    Option("libnflog_timeout", ("--libnflog-timeout",), type=config.seconds(600.0, lo=0.01, zero=True),
+           default=0.01,
            metavar="S", help="the kernel sends a batch at the latest this long after its first "
            "packet (nflog_set_timeout, in steps of 0.01 s)"),
-    Option("zmq_buffer", ("--zmq-buffer",), type=config.positive_int, default=50,
-           metavar="MSGS", help="frames queued for the network (ZMQ_SNDHWM); past it frames "
-           "are dropped and counted, never waited for"),
-    Option("batch_size", ("--batch-size",), type=config.positive_int, default=256,
+    Option("zmq_buffer_frames", ("--zmq-buffer-frames",), type=config.count(1, 1_000_000),
+           default=50, metavar="FRAMES", help="frames (each up to --batch-size KiB of packets) "
+           "queued for the network (ZMQ_SNDHWM); past it frames are dropped and counted, never "
+           "waited for"),
+    Option("zmq_buffer", ("--zmq-buffer",), metavar="PACKETS", refused=(
+        "the original counted packets here (one ZeroMQ message per packet); messages are now "
+        "frames of many packets: use --zmq-buffer-frames FRAMES (default 50; "
+        "NFLOG_PIPE_ZMQ_BUFFER_FRAMES)")),
+    Option("batch_size", ("--batch-size",), type=config.count(1, 16384), default=256,
            metavar="KiB", help="largest record area of one frame"),
-    Option("sender_id", ("--sender-id",), default=None, metavar="NAME",
+    Option("sender_id", ("--sender-id",), type=config.text(frame.MAX_SENDER_ID, "sender id"),
+           default=None, metavar="NAME",
            help="identity carried in every frame (default: the host name)"),
-    Option("zmq_linger", ("--zmq-linger",), type=config.nonneg_float, default=1.0, metavar="S",
+    Option("zmq_linger", ("--zmq-linger",), type=config.seconds(3600.0, zero=True), default=1.0, metavar="S",
            help="at exit, wait this long for queued frames to leave"),
     Option("rate_control", ("--rate-control",), flag=True, default=False,
            help="rate control in this process: compress above --lwm, drop the excess above "
@@ -327,6 +335,7 @@ def _load_nflog():
 
 def main(argv: list[str] | None = None) -> int:
     args = config.parse_args("nflog-zmq-send", __doc__.split("\n\n")[0], OPTIONS, argv)
+    runtime.ignore_hangup()
     runtime.setup_logging(SERVICE, args)
     try:
         nflog = _load_nflog()
@@ -367,13 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     except nflog.NflogError as e:
         return runtime.fatal("cannot set up NFLOG: %s", e)
     # Privileges go before any thread exists: capabilities are per thread and
-    # ZeroMQ starts I/O threads with its context.  The qthresh controller is
-    # forked first, so that it can keep CAP_NET_ADMIN and nothing else.
+    # ZeroMQ starts I/O threads with its context.  The controller (queue
+    # thresholds with --libnflog-qthresh auto, receive buffer growth up to
+    # --libnflog-nlbufsiz-max) is forked first, so that it can keep
+    # CAP_NET_ADMIN and nothing else; this process keeps no capability.
     qpolicy = None
     try:
-        if adaptive:
+        if adaptive or reader.rcvbuf_max > reader.rcvbuf:
             uid, gid = privs.resolve_user(args.user)[:2] if args.user else (os.getuid(), os.getgid())
-            reader.start_qthresh_controller(uid, gid)
+            reader.start_controller(uid, gid)
+        if adaptive:
             qpolicy = nflog.QthreshPolicy(start=1)
         who = privs.drop(args.user)
     except (OSError, privs.PrivilegeError) as e:
@@ -381,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         return runtime.fatal("dropping privileges: %s", e)
     ctx = zmq.Context(1)
     sock = ctx.socket(zmq.PUSH)
-    sock.sndhwm = args.zmq_buffer
+    sock.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
+    sock.sndhwm = args.zmq_buffer_frames
     sock.linger = int(args.zmq_linger * 1000)
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
     sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
@@ -393,13 +406,13 @@ def main(argv: list[str] | None = None) -> int:
         reader.close()
         return runtime.fatal("cannot connect to %s: %s", args.dst, e)
     rt = runtime.Runtime(SERVICE, args, counters, gauges=lambda: {
-        "netlink_queue_bytes": reader.queued_bytes(), "netlink_rcvbuf": reader.rcvbuf})
+        "netlink_queue_bytes": reader.queued_bytes(), "netlink_rcvbuf": reader.kernel_rcvbuf()})
     rt.install_signals()
     sender = Sender(reader, sock, sender_id, rt, qpolicy, rc)
     log.info("started", extra={"event": "start", "groups": args.groups, "dst": args.dst,
                                "sender_id": sender_id.decode(), "instance": sender.instance,
                                "rcvbuf": reader.rcvbuf, "qthresh": args.libnflog_qthresh,
-                               "qthresh_controller_pid": reader._ctl_pid or None,
+                               "controller_pid": reader._ctl_pid or None,
                                "curve": bool(curve), **who,
                                "rate_control": ratecontrol.describe(rc) if rc else False})
     try:

@@ -101,7 +101,7 @@ def test_receiver_bad_endpoint_and_bad_output(tmp_path):
     r = subprocess.run([tool("nflog-pcap-recv"), "tcp://256.0.0.1:1", str(tmp_path / "x"),
                         "--log-format", "text"], capture_output=True, text=True, timeout=20)
     assert r.returncode == 2 and "cannot bind tcp://256.0.0.1:1" in r.stderr
-    r = subprocess.run([tool("nflog-pcap-recv"), "tcp://127.0.0.1:0", "/nonexistent/dir/x",
+    r = subprocess.run([tool("nflog-pcap-recv"), "tcp://127.0.0.1:9", "/nonexistent/dir/x",
                         "--log-format", "text"], capture_output=True, text=True, timeout=20)
     assert r.returncode == 2 and "cannot use output /nonexistent/dir/x" in r.stderr
 

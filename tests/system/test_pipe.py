@@ -177,7 +177,7 @@ def _recv_counter(pipe, name):
 
 def test_receiver_down_sender_survives_and_counts(pipe, tmp_path):
     pipe.nflog_rule(6, PORT4)
-    sender = pipe.start_sender("6", "--zmq-buffer", "3", "--batch-size", "4",
+    sender = pipe.start_sender("6", "--zmq-buffer-frames", "3", "--batch-size", "4",
                                "--libnflog-qthresh", "1")
     # receiver down: 3 frames queue, one more batch (4 KiB) waits, the rest
     # is dropped and counted

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_payloads, payload_file
-from lab import ROOT, newest_fitting, run, send_udp, tool, wait_until
+from lab import ROOT, free_port, newest_fitting, run, send_udp, tool, wait_until
 from nflogref import udp_payload
 
 from nflog_pipe import pcap
@@ -97,7 +97,7 @@ def send_and_wait(pipe, reader, tmp_path, name, port, payloads, pace=50, v6=Fals
 def start_sender(pipe, group: str):
     """A sender with a deep queue: these tests are about the receiver, and on a
     busy machine the default 50 frames overflow (counted as queue_full)."""
-    return pipe.start_sender(group, "--stats-interval", "0.5", "--zmq-buffer", "5000")
+    return pipe.start_sender(group, "--stats-interval", "0.5", "--zmq-buffer-frames", "5000")
 
 
 # -- the buffer ---------------------------------------------------------------------------
@@ -354,7 +354,7 @@ def test_query_command_line():
                         (["5600", "--last", "3x"], "is not a duration"),
                         (["notanendpoint"], "is not a ZeroMQ endpoint"),
                         (["5600", "--max-bytes", "10"], "at least 24 bytes"),
-                        (["5600", "--timeout", "0"], "must be greater than 0")]:
+                        (["5600", "--timeout", "0"], "out of range (0.001 to 86400)")]:
         r = run(q, *argv, check=False)
         assert r.returncode == 2 and words in r.stderr, (argv, r.stderr)
     r = run(q, "tcp://127.0.0.1:1", "--timeout", "0.3", "-o", "/dev/null", "--log-format",
@@ -379,8 +379,8 @@ def test_receiver_buffer_and_tap_command_line(tmp_path):
                 "--tap ", "--tap-buffer", "--tap-clients", "no authentication"):
         assert opt in r.stdout
     base = [recv, "tcp://127.0.0.1:1", str(tmp_path / "o.pcap")]
-    for argv, words in [(["--buffer-window", "0"], "must be greater than 0"),
-                        (["--buffer-window", "lots"], "is not a number"),
+    for argv, words in [(["--buffer-window", "0"], "out of range"),
+                        (["--buffer-window", "lots"], "'lots' is not a size in MiB"),
                         (["--buffer-interface", "nowhere"], "is not a ZeroMQ endpoint"),
                         (["--tap", "udp://1.2.3.4:5"], "plain TCP"),
                         (["--tap", "host:99999"], "is not a TCP endpoint"),
@@ -402,7 +402,8 @@ def test_receiver_refuses_a_busy_port(tmp_path, which):
     port = s.getsockname()[1]
     try:
         opt = ["--buffer-interface", str(port)] if which == "buffer" else ["--tap", str(port)]
-        r = subprocess.run([tool("nflog-pcap-recv"), "tcp://127.0.0.1:0", str(tmp_path / "o"),
+        r = subprocess.run([tool("nflog-pcap-recv"), f"tcp://127.0.0.1:{free_port()}",
+                            str(tmp_path / "o"),
                             *opt, "--log-format", "text"], capture_output=True, text=True,
                            timeout=30)
     finally:

@@ -17,6 +17,7 @@ COMPRESS_PORT, DECOMPRESS_PORT = 5556, 5557
 #: frames when traffic starts; queue_full drops are counted, but here every
 #: packet must arrive)
 DEEP = ("--zmq-buffer", "5000")
+DEEP_SENDER = ("--zmq-buffer-frames", "5000")
 
 
 def records(reader) -> list:
@@ -82,7 +83,7 @@ def test_a_sender_rate_control_to_a_receiver_without_flags(pipe, tmp_path):
     reader = pipe.reader()
     # (--hwm far above what a test sends in a burst: nothing is to be dropped here)
     sender = pipe.start_sender("30", "--rate-control", "--lwm", "0.001", "--hwm", "100",
-                               "--compress-delay", "0.05", "--stats-interval", "0.2", *DEEP)
+                               "--compress-delay", "0.05", "--stats-interval", "0.2", *DEEP_SENDER)
     wait_until(lambda: b"listening" in (tmp_path / "tcpdump.err").read_bytes(), what="tcpdump")
     payloads = mixed_payloads(4000, b"a")
     sent = send_udp(pipe.gw, pipe.link.b4, 7401, payload_file(tmp_path / "p", payloads), 50)
@@ -120,7 +121,7 @@ def test_b_chain_sender_compress_decompress_receiver(pipe, tmp_path):
     comp, dec = start_chain(pipe, "--lwm", "0.001", "--hwm", "100", "--codec", "zstd",
                             "--compress-level", "6", "--compress-delay", "0.05", *DEEP,
                             decompress_args=DEEP)
-    sender = pipe.start_sender("32", "--stats-interval", "0.2", *DEEP,
+    sender = pipe.start_sender("32", "--stats-interval", "0.2", *DEEP_SENDER,
                                endpoint=f"tcp://{pipe.link.b4}:{COMPRESS_PORT}")
     p4 = mixed_payloads(3000, b"4")
     p6 = mixed_payloads(1000, b"6")
@@ -213,7 +214,7 @@ def test_any_stage_restarts_without_the_others_crashing(pipe, tmp_path):
     deep = DEEP
     comp, dec = start_chain(pipe, "--lwm", "0.001", "--hwm", "100", "--compress-delay", "0.05",
                             *deep, decompress_args=deep)
-    sender = pipe.start_sender("34", "--stats-interval", "0.2", *deep,
+    sender = pipe.start_sender("34", "--stats-interval", "0.2", *DEEP_SENDER,
                                endpoint=f"tcp://{pipe.link.b4}:{COMPRESS_PORT}")
     lab = pipe.lab
 

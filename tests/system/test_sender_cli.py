@@ -3,6 +3,7 @@
 import os
 import subprocess
 
+import pytest
 from lab import tool
 
 
@@ -124,7 +125,7 @@ def test_qthresh_controller_keeps_only_net_admin(lab):
     gw = lab.netns("gw")
     d = lab.daemon(gw, "nflog-zmq-send", "13", "tcp://127.0.0.1:9", "--user", "nobody")
     start = d.wait_log("start")
-    child = start["qthresh_controller_pid"]
+    child = start["controller_pid"]
     assert child and child != d.pid
     st = _status(child)
     import pwd
@@ -139,8 +140,30 @@ def test_qthresh_controller_keeps_only_net_admin(lab):
     assert not os.path.exists(f"/proc/{child}") or _status(child)["State"][0] == "Z"
 
 
-def test_static_qthresh_forks_no_controller(lab):
+def test_static_qthresh_and_no_room_to_grow_forks_no_controller(lab):
     gw = lab.netns("gw")
-    d = lab.daemon(gw, "nflog-zmq-send", "14", "tcp://127.0.0.1:9", "--libnflog-qthresh", "64")
-    assert d.wait_log("start")["qthresh_controller_pid"] is None
+    d = lab.daemon(gw, "nflog-zmq-send", "14", "tcp://127.0.0.1:9", "--libnflog-qthresh", "64",
+                   "--libnflog-nlbufsiz-max", "10")
+    assert d.wait_log("start")["controller_pid"] is None
     d.stop()
+    # a buffer that may grow needs the controller even with a static qthresh
+    d = lab.daemon(gw, "nflog-zmq-send", "14", "tcp://127.0.0.1:9", "--libnflog-qthresh", "64")
+    assert d.wait_log("start")["controller_pid"]
+    d.stop()
+
+
+@pytest.mark.parametrize("end", ["lo", "hi"])
+def test_every_range_end_starts_cleanly(lab, end):
+    """Each ranged option of nflog-zmq-send at the low or the high end of its
+    range (--libnflog-kbufsiz within what the kernel takes, 4 to 128 KiB:
+    beyond it the kernel's refusal is the clear error tested above)."""
+    from nflog_pipe import sender
+    gw = lab.netns("gw")
+    argv = []
+    for opt in sender.OPTIONS:
+        if opt.flags and hasattr(opt.type, "lo") and opt.name != "libnflog_kbufsiz":
+            argv += [opt.flags[-1], str(getattr(opt.type, end))]
+    argv += ["--libnflog-kbufsiz", "4" if end == "lo" else "128"]
+    d = lab.daemon(gw, "nflog-zmq-send", "15", "tcp://127.0.0.1:9", *argv)
+    d.wait_log("start")
+    assert d.stop()["reason"] == "SIGTERM"

@@ -12,7 +12,7 @@ import time
 def main() -> None:
     addr, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     limit = float(sys.argv[4]) if len(sys.argv) > 4 else 120.0
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((addr, port))
     s.settimeout(0.5)
     deadline = time.monotonic() + limit

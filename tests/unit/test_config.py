@@ -8,12 +8,13 @@ def parse(opts, argv, env=None):
 
 
 def test_cli_wins_over_env_and_env_over_default():
-    a = parse(sender.OPTIONS, ["0,1", "tcp://h:1"], {"NFLOG_PIPE_ZMQ_BUFFER": "7"})
-    assert a.zmq_buffer == 7 and a.groups == [0, 1] and a.dst == "tcp://h:1"
-    a = parse(sender.OPTIONS, ["0", "tcp://h:1", "--zmq-buffer", "9"], {"NFLOG_PIPE_ZMQ_BUFFER": "7"})
-    assert a.zmq_buffer == 9
+    a = parse(sender.OPTIONS, ["0,1", "tcp://h:1"], {"NFLOG_PIPE_ZMQ_BUFFER_FRAMES": "7"})
+    assert a.zmq_buffer_frames == 7 and a.groups == [0, 1] and a.dst == "tcp://h:1"
+    a = parse(sender.OPTIONS, ["0", "tcp://h:1", "--zmq-buffer-frames", "9"],
+              {"NFLOG_PIPE_ZMQ_BUFFER_FRAMES": "7"})
+    assert a.zmq_buffer_frames == 9
     a = parse(sender.OPTIONS, ["0", "tcp://h:1"])
-    assert a.zmq_buffer == 50 and a.libnflog_nlbufsiz == 10.0
+    assert a.zmq_buffer_frames == 50 and a.libnflog_nlbufsiz == 10.0
 
 
 def test_positionals_from_env():
@@ -32,8 +33,8 @@ def test_flags_from_env():
     (["0,x", "tcp://h:1"], {}, "comma list"),
     (["70000", "tcp://h:1"], {}, "comma list"),
     (["0", "h:1"], {}, "not a ZeroMQ endpoint"),
-    (["0", "tcp://h:1", "--zmq-buffer", "0"], {}, "out of range"),
-    (["0", "tcp://h:1"], {"NFLOG_PIPE_ZMQ_BUFFER": "lots"}, "NFLOG_PIPE_ZMQ_BUFFER"),
+    (["0", "tcp://h:1", "--zmq-buffer-frames", "0"], {}, "out of range"),
+    (["0", "tcp://h:1"], {"NFLOG_PIPE_ZMQ_BUFFER_FRAMES": "lots"}, "NFLOG_PIPE_ZMQ_BUFFER_FRAMES"),
     (["0", "tcp://h:1"], {"NFLOG_PIPE_DEBUG": "maybe"}, "NFLOG_PIPE_DEBUG"),
     (["0", "tcp://h:1", "-m", "host:99999"], {}, "statsd address"),
 ])

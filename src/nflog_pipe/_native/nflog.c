@@ -6,6 +6,7 @@
  * replayed in tests without a kernel and no per-packet callback is needed.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 #include <grp.h>
@@ -256,7 +257,7 @@ static int keep_only_net_admin(uint32_t uid, uint32_t gid)
 }
 
 int nzp_ctl_child(int cmd_fd, int nl_fd, const uint16_t *groups, int ngroups,
-                  uint32_t uid, uint32_t gid)
+                  uint32_t uid, uint32_t gid, uint32_t rcvbuf_max)
 {
     struct nzp_ctl_cmd cmd;
     struct sockaddr_nl kernel;
@@ -279,6 +280,18 @@ int nzp_ctl_child(int cmd_fd, int nl_fd, const uint16_t *groups, int ngroups,
         }
         if (n != (ssize_t)sizeof(cmd))
             return -EPROTO;
+        if (cmd.group == NZP_CTL_RCVBUF) {
+            int cur = 0, want;
+            socklen_t sl = sizeof(cur);
+            if (cmd.qthresh > rcvbuf_max || cmd.qthresh > INT_MAX / 2)
+                continue;
+            want = (int)cmd.qthresh;
+            /* the kernel reports twice what was set: only ever grow */
+            if (getsockopt(nl_fd, SOL_SOCKET, SO_RCVBUF, &cur, &sl) == 0 && cur / 2 >= want)
+                continue;
+            setsockopt(nl_fd, SOL_SOCKET, SO_RCVBUFFORCE, &want, sizeof(want));
+            continue;
+        }
         for (i = 0; i < ngroups; i++)
             if (groups[i] == cmd.group)
                 allowed = 1;

@@ -58,20 +58,25 @@ int nzp_drop_caps(void);
 /* Privilege separation for run-time kernel settings.
  *
  * Changing an NFLOG group's settings needs CAP_NET_ADMIN at the moment the
- * message is sent, and must come from the socket that bound the group.  The
- * sender forks a child before dropping its own privileges; the child keeps
- * only CAP_NET_ADMIN (as uid/gid, when not 0), shares the bound netlink
- * socket, and does one thing: apply the queue thresholds the parent writes
- * to cmd_fd as struct nzp_ctl_cmd, for the groups it was given, sent without
- * NLM_F_ACK so that no reply lands among the parent's packets.  It returns
- * when cmd_fd reaches end of file (the parent is gone), or -errno. */
+ * message is sent, and must come from the socket that bound the group;
+ * growing the socket's receive buffer past the system limit
+ * (SO_RCVBUFFORCE) needs it too.  The sender forks a child before dropping
+ * its own privileges; the child keeps only CAP_NET_ADMIN (as uid/gid, when
+ * not 0), shares the bound netlink socket, and does two things with the
+ * commands the parent writes to cmd_fd as struct nzp_ctl_cmd:
+ * - apply a queue threshold to one of the groups it was given, sent without
+ *   NLM_F_ACK so that no reply lands among the parent's packets;
+ * - with group NZP_CTL_RCVBUF: set the receive buffer to `qthresh` bytes,
+ *   only upwards and at most rcvbuf_max.
+ * It returns when cmd_fd reaches end of file (the parent is gone), or -errno. */
+#define NZP_CTL_RCVBUF 4294967295
 struct nzp_ctl_cmd {
     uint32_t group;
     uint32_t qthresh;
 };
 
 int nzp_ctl_child(int cmd_fd, int nl_fd, const uint16_t *groups, int ngroups,
-                  uint32_t uid, uint32_t gid);
+                  uint32_t uid, uint32_t gid, uint32_t rcvbuf_max);
 
 /* Build the NFULNL_MSG_CONFIG message that sets a group's queue threshold
  * into buf (at least 64 bytes).  Returns its length. */

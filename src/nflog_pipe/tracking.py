@@ -63,10 +63,9 @@ def drain(sock: zmq.Socket, handle: Callable[[memoryview, str], object], limit: 
 class SenderTrack:
     """Sequence tracking of one stream: gaps are transit losses."""
 
-    __slots__ = ("next_pkt", "next_seq", "high", "when", "packets", "lost", "last")
+    __slots__ = ("next_pkt", "next_seq", "high", "when", "packets", "lost")
 
     def __init__(self, f: Frame, now: float):
-        self.last = 0
         self.next_pkt = f.pkt_seq
         self.next_seq = f.seq
         #: every pkt_seq below this was delivered or counted lost already
@@ -84,7 +83,6 @@ class StreamTracker:
         self.log = log
         self._warn = warn or RateLimited(log, 10.0)
         self.streams: dict[tuple[str, int], SenderTrack] = {}
-        self._tick = 0
         self.c.setdefault("dropped.transit", 0)
         self.c.setdefault("streams_reset", 0)
         self.c.setdefault("frames_rewound", 0)
@@ -118,13 +116,16 @@ class StreamTracker:
     def _advance(self, f: Frame, delivered: bool) -> None:
         key = (f.sender_id, f.instance)
         now = time.monotonic()
-        t = self.streams.get(key)
+        # the dict is kept in order of use (a stream seen is re-inserted last), so the
+        # stream seen least recently is the first one: forgetting it is O(1)
+        t = self.streams.pop(key, None)
+        if t is not None:
+            self.streams[key] = t
         if t is None:
             if len(self.streams) >= MAX_STREAMS:
                 # a peer inventing sender ids cannot grow this without bound:
                 # forget the stream seen least recently (its totals stay counted)
-                old = min(self.streams, key=lambda k: self.streams[k].last)
-                del self.streams[old]
+                del self.streams[next(iter(self.streams))]
                 self.c["streams_forgotten"] = self.c.get("streams_forgotten", 0) + 1
             t = self.streams[key] = SenderTrack(f, now)
             self._warn.info("sender_new", "new sender %s (instance %08x)", f.sender_id, f.instance,
@@ -158,7 +159,6 @@ class StreamTracker:
             t.high = t.next_pkt
         t.when = now
         t.next_seq = f.seq + 1
-        t.last = self._tick = self._tick + 1
         if delivered:
             t.packets += f.count
 

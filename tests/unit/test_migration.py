@@ -5,6 +5,8 @@ README's examples)."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from nflog_pipe import config, query, receiver, relay, sender
@@ -71,32 +73,21 @@ def test_original_receiver_relay_and_query_options():
     assert q.endpoint == "tcp://127.0.0.1:1235" and q.output == "-"
 
 
-class _Pipe:
-    def __init__(self):
-        self.sent = []
-
-    def __getattr__(self, kind):
-        return lambda name, value, rate=1: self.sent.append((kind, name, value))
-
-    def send(self):
-        pass
-
-
-class _Client:
-    def __init__(self):
-        self.p = _Pipe()
-
-    def pipeline(self):
-        return self.p
-
-
-@pytest.mark.parametrize("kind,sent", [
-    ("counter", [("incr", "packets_in", 5)]), ("g", [("gauge", "packets_in", 5)]),
-    ("ms", [("timing", "packets_in", 5)]), ("gauge", [("gauge", "packets_in", 15)])])
-def test_original_types_send_the_increments(kind, sent):
-    r = StatsdReporter(("127.0.0.1", 9), "p.", "send", 1.0, kind)
-    r.client = _Client()
-    r.flush({"packets_in": 10})
-    r.client.p.sent.clear()
-    r.flush({"packets_in": 15})
-    assert r.client.p.sent == sent
+@pytest.mark.parametrize("kind,line", [
+    ("counter", "p.send.packets_in:5|c"), ("g", "p.send.packets_in:5|g"),
+    ("ms", "p.send.packets_in:5.000000|ms"), ("gauge", "p.send.packets_in:15|g")])
+def test_original_types_send_the_increments(kind, line):
+    """What a real UDP listener gets for the second flush of each -t type."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(10)
+    r = StatsdReporter(("127.0.0.1", sink.getsockname()[1]), "p.", "send", kind)
+    try:
+        r.flush({"packets_in": 10})
+        first = sink.recv(512).decode()
+        assert first.startswith("p.send.packets_in:10")
+        r.flush({"packets_in": 15})
+        assert sink.recv(512).decode() == line
+    finally:
+        r.close()
+        sink.close()

@@ -37,3 +37,22 @@ def test_the_least_recently_used_is_forgotten_and_numbering_goes_on_for_the_othe
     assert s._next[b"b"] == [1, 1]
     hdr = frame.decode(s.frame(out(b"b", 1)))
     assert (hdr.seq, hdr.pkt_seq) == (1, 1)
+
+
+def test_the_tracker_forgets_the_stream_seen_least_recently():
+    """Receiver and relays: 200 000 forged ids keep MAX_STREAMS entries; a stream that
+    keeps sending stays tracked however many others come and go."""
+    import logging
+
+    from nflog_pipe import tracking
+    c = Counters({"packets_in": 0, "bytes_in": 0, "frames_in": 0})
+    t = tracking.StreamTracker(c, logging.getLogger("t"))
+    live = frame.Frame("gw1", 1, 0, 0, 1, 0, 0, memoryview(b""))
+    for i in range(200_000):
+        if i % 1000 == 0:
+            t.track(live)
+            live = frame.Frame("gw1", 1, live.seq + 1, live.pkt_seq + 1, 1, 0, 0, memoryview(b""))
+        t.track(frame.Frame(f"forged{i}", i, 0, 0, 0, 0, 0, memoryview(b"")))
+    assert len(t.streams) == MAX_STREAMS
+    assert c["streams_forgotten"] == 200_000 + 1 - MAX_STREAMS
+    assert ("gw1", 1) in t.streams and c["dropped.transit"] == 0

@@ -154,9 +154,13 @@ class PcapOutput:
     def _pipes(self) -> list[ReaderPipe]:
         return self._old + ([self._cur] if self._cur is not None else [])
 
-    def write_fds(self) -> list[int]:
-        """Descriptors with bytes waiting (for POLLOUT)."""
-        return [p.fd for p in self._pipes() if p.q]
+    def poll_items(self) -> list[tuple[int, bool]]:
+        """(fd, bytes waiting) of every reader's write end: the loop polls them
+        for POLLOUT when bytes wait, and always for POLLERR (the reader left),
+        so that a departure is noticed (and counted) at once."""
+        if self.kind != "fifo":
+            return [(p.fd, True) for p in self._pipes() if p.q]
+        return [(p.fd, bool(p.q)) for p in self._pipes()]
 
     def _attach(self, fd: int) -> None:
         self.readers += 1

@@ -131,6 +131,8 @@ def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput,
             elif (deadline := queries.next_deadline()) is not None:
                 wait = max(0.0, min(wait, deadline - time.monotonic() + 0.01))
         events = dict(poller.poll(wait * 1000))
+        if any(events.get(fd, 0) & zmq.POLLERR for fd, _ in output.poll_items()):
+            output.check_reader()  # a reader left: count what it left, write no more to it
         backlog = False
         if pull in events:
             # True: more frames waiting, the live path is saturated
@@ -167,8 +169,8 @@ def _poll_set(pull: zmq.Socket, output: PcapOutput, queries: QueryServer | None,
         want[tap.fd] = zmq.POLLIN
         for fd, wants_write in tap.poll_items():
             want[fd] = zmq.POLLIN | (zmq.POLLOUT if wants_write else 0)
-    for fd in output.write_fds():
-        want[fd] = want.get(fd, 0) | zmq.POLLOUT
+    for fd, wants_write in output.poll_items():
+        want[fd] = want.get(fd, 0) | zmq.POLLERR | (zmq.POLLOUT if wants_write else 0)
     return want
 
 

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20
 _INT = struct.Struct("i")
+SETTLE_EVERY = 32  # frames held for a reader beyond those it has not read yet
 OUTPUT_COUNTERS = ("packets_out", "bytes_out", "dropped.output", "dropped.reader_gone",
                    "dropped.unread_at_exit")
 
@@ -356,6 +357,10 @@ class PcapOutput:
             self.c["bytes_out"] += done.record_bytes - 16 * done.records
         e = done.error
         if e is None:
+            if len(p.ledger) > SETTLE_EVERY and self.kind == "fifo":
+                # every few frames (never per packet): what the reader took is
+                # counted, and the frames it read are let go
+                self._settle(p)
             return
         if isinstance(e, BrokenPipeError):
             self._detach(p, "reader went away")

@@ -13,7 +13,6 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -59,31 +58,55 @@ def plan(tmp, rate: int) -> list[list[dict]]:
     return procs
 
 
-def run_reader(fifo, sessions: list[dict], timeout: float = 60.0) -> str:
-    """One reader process; killed with SIGKILL once it says it hangs."""
-    p = subprocess.Popen([sys.executable, str(TOOLS / "fiforeader.py"), str(fifo),
-                          json.dumps(sessions)], stdout=subprocess.PIPE, text=True,
-                         start_new_session=True)
-    deadline = time.monotonic() + timeout
-    try:
+class Reader:
+    """One reader process (``tools/fiforeader.py``)."""
+
+    def __init__(self, fifo, sessions: list[dict]):
+        self.p = subprocess.Popen([sys.executable, str(TOOLS / "fiforeader.py"), str(fifo),
+                                   json.dumps(sessions)], stdout=subprocess.PIPE, text=True,
+                                  start_new_session=True)
+
+    def wait_for(self, *lines: str, timeout: float = 60.0) -> str:
+        """The first of ``lines`` it prints ("" if it ends first)."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            r, _, _ = select.select([p.stdout], [], [], 0.5)
-            if not r:
-                continue
-            line = p.stdout.readline().strip()
-            if line == "hanging":
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait()
-                return "killed"
-            if line == "done" or not line:
-                p.wait(10)
-                assert p.returncode == 0
-                return "done"
-        raise AssertionError(f"reader {sessions} did not finish in {timeout}s")
-    finally:
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGKILL)
-            p.wait()
+            r, _, _ = select.select([self.p.stdout], [], [], 0.5)
+            if r:
+                line = self.p.stdout.readline().strip()
+                if line in lines or not line:
+                    return line
+        self.kill()
+        raise AssertionError(f"reader {self.p.args[-1]} printed none of {lines} in {timeout}s")
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            os.kill(self.p.pid, signal.SIGKILL)
+        self.p.wait(10)
+
+
+def run_readers(fifo, procs: list[list[dict]]) -> list[str]:
+    """The reader processes one after the other; each is killed with SIGKILL
+    once it says it hangs, every third one only after the next one has opened
+    the FIFO and taken the stream over (hand-over under traffic)."""
+    outcomes = []
+    cur = Reader(fifo, procs[0])
+    for i in range(len(procs)):
+        nxt = None
+        if cur.wait_for("hanging", "done") == "hanging":
+            if i % 3 == 2 and i + 1 < len(procs):
+                nxt = Reader(fifo, procs[i + 1])
+                assert nxt.wait_for("opened 0") == "opened 0"
+                outcomes.append("handed over, killed")
+            else:
+                outcomes.append("killed")
+            cur.kill()
+        else:
+            cur.kill()
+            assert cur.p.returncode == 0
+            outcomes.append("done")
+        if i + 1 < len(procs):
+            cur = nxt or Reader(fifo, procs[i + 1])
+    return outcomes
 
 
 class Traffic:
@@ -128,13 +151,11 @@ def test_100_reader_restarts_every_stream_valid_conservation_exact(pipe, tmp_pat
             sys.executable, str(TOOLS / "tapclient.py"), "127.0.0.1", str(TAP_PORT),
             str(tmp_path / "tap"), "20", "0.4"], stdout=subprocess.PIPE, text=True)
     started = time.monotonic()
-    outcomes = [run_reader(pipe.fifo, sessions) for sessions in readers]
+    outcomes = run_readers(pipe.fifo, readers)
     spent = time.monotonic() - started
     # the last reader stays to the end: it reads until the receiver closes
     final = tmp_path / "reader100.pcap"
-    last = threading.Thread(target=run_reader, args=(pipe.fifo, [dict(
-        out=str(final), seconds=120, end="eof")], 180))
-    last.start()
+    last = Reader(pipe.fifo, [dict(out=str(final), seconds=120, end="eof")])
     pipe.receiver.wait_log("reader_attached", readers=101, timeout=30)
     time.sleep(2.0)  # the last reader under traffic too
     sent = traffic.stop()
@@ -142,8 +163,7 @@ def test_100_reader_restarts_every_stream_valid_conservation_exact(pipe, tmp_pat
     s = sender.stop()["counters"]
     receiver_log = pipe.receiver.records()
     r = pipe.receiver.stop()["counters"]
-    last.join(60)
-    assert not last.is_alive()
+    assert last.wait_for("done") == "done"
 
     files = sorted(tmp_path.glob("reader*.pcap"))
     assert len(files) == 101
@@ -156,7 +176,8 @@ def test_100_reader_restarts_every_stream_valid_conservation_exact(pipe, tmp_pat
     detached = [x for x in receiver_log if x.get("event") == "reader_detached"]
     sd, rd = dropped(s), dropped(r)
     figures = dict(rate=rate, readers=len(files), reader_processes=len(readers),
-                   killed=outcomes.count("killed"), seconds=round(spent, 1),
+                   killed=sum(o.endswith("killed") for o in outcomes),
+                   handed_over=outcomes.count("handed over, killed"), seconds=round(spent, 1),
                    files_with_header=valid, sent=sent, read_whole=whole, cut_files=cut,
                    sender_dropped=sd, receiver_dropped=rd,
                    left_with_unread=sum(1 for x in detached if x.get("dropped_unread")))
@@ -173,7 +194,9 @@ def test_100_reader_restarts_every_stream_valid_conservation_exact(pipe, tmp_pat
     # what happened is what the test meant to happen
     assert r.get("dropped.unread_at_exit", 0) == 0  # the last reader read to the end
     assert r["dropped.reader_gone"] >= cut > 0
-    assert outcomes.count("killed") >= 9
+    assert figures["killed"] >= 9 and figures["handed_over"] >= 5
+    replaced = [x for x in receiver_log if x.get("event") == "reader_replaced"]
+    assert len(replaced) == figures["handed_over"]
     assert figures["left_with_unread"] >= 10
     assert pcap_prefix(final.read_bytes())[0] > 0
     if rate == 20000:  # slow readers left with a full pipe: a lot was still in it

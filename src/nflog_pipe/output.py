@@ -79,7 +79,7 @@ class ReaderPipe:
     """One reader's pipe (or the output file): the write end, what waits to be
     written, and what was pushed but not yet read whole.
 
-    ``ledger`` holds one entry per pushed buffer, ``[end, records, data]``,
+    ``ledger`` holds one entry per pushed buffer, ``(end, records, data)``,
     ``end`` being the buffer's end as an offset in the stream this reader
     gets; what the reader has taken is ``written - unread_bytes(fd)``."""
 
@@ -91,13 +91,13 @@ class ReaderPipe:
         self.q = WriteQueue(functools.partial(os.writev, fd))
         self.pushed = 0
         self.written = 0
-        self.ledger: deque[list] = deque()
+        self.ledger: deque[tuple[int, int, memoryview]] = deque()
 
     def push(self, data: memoryview, records: int = 0) -> None:
         self.pushed += len(data)
         self.q.push(data, records)
         if records:
-            self.ledger.append([self.pushed, records, data])
+            self.ledger.append((self.pushed, records, data))
 
 
 class PcapOutput:

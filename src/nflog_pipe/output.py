@@ -278,10 +278,11 @@ class PcapOutput:
             self.c["bytes_out"] += nbytes
         return unread
 
-    def _lose(self, p: ReaderPipe, reason: str) -> tuple[int, int]:
+    def _lose(self, p: ReaderPipe, reason: str) -> tuple[int, int, int]:
         """``p``'s reader is gone (or will not be waited for): settle what it
         read whole, count everything else, a cut record once.  Returns
-        (records lost, bytes of a record cut short by the reader)."""
+        (records lost, bytes of a record cut short by the reader, bytes that
+        were left in the pipe)."""
         unread = unread_bytes(p.fd)
         taken = p.written - unread
         self._settle(p, unread)
@@ -297,7 +298,7 @@ class PcapOutput:
         p.ledger.clear()
         p.q.clear()
         self.c[reason] += lost
-        return lost, cut
+        return lost, cut, unread
 
     def _retire(self, p: ReaderPipe) -> None:
         os.close(p.fd)
@@ -310,9 +311,9 @@ class PcapOutput:
 
     def _detach(self, p: ReaderPipe, why: str) -> None:
         if self.kind == "fifo":
-            lost, cut = self._lose(p, "dropped.reader_gone")
+            lost, cut, unread = self._lose(p, "dropped.reader_gone")
         else:  # stdout or a file: no pipe accounting, what was queued is lost
-            lost, cut = p.q.clear(), 0
+            lost, cut, unread = p.q.clear(), 0, 0
             self.c["dropped.reader_gone" if self.kind == "stdout" else "dropped.output"] += lost
         if self.kind == "stdout":
             self.closed = True
@@ -324,7 +325,7 @@ class PcapOutput:
             self._old.remove(p)
         log.info("%s: %s", self.path, why, extra={"event": "reader_detached",
                                                   "reader": p.number, "dropped_unread": lost,
-                                                  "cut_bytes": cut})
+                                                  "cut_bytes": cut, "pipe_bytes": unread})
 
     # -- writing -----------------------------------------------------------------
     def write(self, records: memoryview, count: int) -> bool:

@@ -172,7 +172,11 @@ def test_100_reader_restarts_every_stream_valid_conservation_exact(pipe, tmp_pat
         w, c = pcap_prefix(f.read_bytes())  # raises unless valid from byte 0
         whole += w
         cut += c > 0
-        valid += f.stat().st_size >= 24
+        if f.stat().st_size >= 24:  # and tcpdump agrees
+            valid += 1
+            td = subprocess.run(["tcpdump", "-n", "-r", str(f)], capture_output=True, text=True)
+            assert len(td.stdout.splitlines()) == w, (f, td.stderr)
+            assert td.returncode == 0 or c and "truncated" in td.stderr, (f, td.stderr)
     detached = [x for x in receiver_log if x.get("event") == "reader_detached"]
     sd, rd = dropped(s), dropped(r)
     figures = dict(rate=rate, readers=len(files), reader_processes=len(readers),
@@ -180,7 +184,8 @@ def test_100_reader_restarts_every_stream_valid_conservation_exact(pipe, tmp_pat
                    handed_over=outcomes.count("handed over, killed"), seconds=round(spent, 1),
                    files_with_header=valid, sent=sent, read_whole=whole, cut_files=cut,
                    sender_dropped=sd, receiver_dropped=rd,
-                   left_with_unread=sum(1 for x in detached if x.get("dropped_unread")))
+                   left_with_unread=sum(1 for x in detached if x.get("dropped_unread")),
+                   left_full_pipe=sum(1 for x in detached if x["pipe_bytes"] > 1000000))
     print("restarts:", json.dumps(figures))
     (tmp_path.parent / f"figures-{rate}.json").write_text(json.dumps(figures))
 
@@ -199,8 +204,8 @@ def test_100_reader_restarts_every_stream_valid_conservation_exact(pipe, tmp_pat
     assert len(replaced) == figures["handed_over"]
     assert figures["left_with_unread"] >= 10
     assert pcap_prefix(final.read_bytes())[0] > 0
-    if rate == 20000:  # slow readers left with a full pipe: a lot was still in it
-        assert max(x.get("dropped_unread", 0) for x in detached) > 1000
+    if rate == 20000:  # slow readers left with a full pipe (1 MiB)
+        assert figures["left_full_pipe"] >= 5
     if tap:
         assert tapc.communicate(timeout=60)[0].strip() == "20"
         streams = [pcap_prefix((tmp_path / f"tap.{n}").read_bytes()) for n in range(20)]

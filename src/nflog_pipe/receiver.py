@@ -37,8 +37,9 @@ OPTIONS = [
     Option("src", type=config.endpoint, metavar="SRC", required=True,
            help="ZeroMQ endpoint to bind (PULL); many senders may connect"),
     Option("dst", metavar="DST", required=True,
-           help="where the pcap stream goes: a FIFO (an IDS reads it with -r), a file, or - "
-           "for stdout"),
+           help="where the pcap stream goes: a FIFO (an IDS reads it with -r; every reader "
+           "gets a pipe of its own, so the FIFO's directory must be writable), a regular file "
+           "(written over), or - for stdout"),
     Option("fifo_create", ("--fifo-create",), flag=True, default=False,
            help="create DST as a FIFO if it does not exist (a regular file at DST is then "
            "an error, never overwritten)"),

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20
 _INT = struct.Struct("i")
+MAX_HANDED_OVER = 8  # replaced readers still reading what was theirs
 SETTLE_EVERY = 32  # frames held for a reader beyond those it has not read yet
 OUTPUT_COUNTERS = ("packets_out", "bytes_out", "dropped.output", "dropped.reader_gone",
                    "dropped.unread_at_exit")
@@ -98,6 +99,15 @@ class ReaderPipe:
         self.q.push(data, records)
         if records:
             self.ledger.append((self.pushed, records, data))
+
+    def take_unstarted(self) -> list[tuple[memoryview, int]]:
+        """Hand-over: the buffers not begun yet leave this reader's queue (the
+        next reader gets them); a buffer partly written stays to be finished."""
+        moved = self.q.take_unstarted()
+        self.pushed -= sum(len(data) for data, _ in moved)
+        while self.ledger and self.ledger[-1][0] > self.pushed:
+            self.ledger.pop()
+        return moved
 
 
 class PcapOutput:
@@ -197,13 +207,22 @@ class PcapOutput:
         # first of all, make the path lead to a pipe nobody has written to
         self._renew_path()
         handed_over = self._cur
+        moved: list[tuple[memoryview, int]] = []
         if handed_over is not None:
+            moved = handed_over.take_unstarted()
             self._old.append(handed_over)
             log.info("%s: a new reader takes the stream over from reader %d", self.path,
                      handed_over.number, extra={"event": "reader_replaced",
-                                                "reader": handed_over.number})
+                                                "reader": handed_over.number,
+                                                "moved_records": sum(n for _, n in moved)})
             self._cur = None
+            if len(self._old) > MAX_HANDED_OVER:  # readers that neither read nor leave
+                self._detach(self._old[0], f"more than {MAX_HANDED_OVER} handed-over readers "
+                             "still attached: the oldest is let go")
         self._attach(fd)
+        for data, records in moved:
+            self._cur.push(data, records)
+        self._flush(self._cur)
         log.info("reader attached to %s", self.path, extra={"event": "reader_attached",
                                                              "readers": self.readers})
         return True

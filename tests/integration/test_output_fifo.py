@@ -286,3 +286,43 @@ def test_output_not_writable_is_a_start_up_error(tmp_path):
     finally:
         os.chmod(ro, 0o755)
         shutil.rmtree(top)
+
+
+def test_hand_over_with_a_full_pipe_moves_the_queue_to_the_new_reader(fifo):
+    """The old reader does not read: its pipe is full and records wait in the
+    queue. A new reader takes over: it gets a header, then what was queued (a
+    record partly written stays with the old reader, to be finished); the old
+    reader keeps its pipe. Nothing is lost, nothing is cut or read twice."""
+    c = Counters()
+    out = PcapOutput(str(fifo), c)
+    r1 = ropen(fifo)
+    assert out.try_attach()
+    frames = areas(600)  # ~1.8 MB: more than the pipe (1 MiB) holds
+    for a in frames:
+        out.write(a, 3)
+    assert out.pending_bytes > 0
+    r2 = ropen(fifo)
+    assert out.try_attach()
+    for a in areas(5):
+        out.write(a, 3)
+    got1, got2 = bytearray(), bytearray()
+    for _ in range(2000):
+        got1 += take(r1)
+        got2 += take(r2)
+        out.flush()
+        out.check_reader()
+        if not out.wants_write and not out.pending_bytes and len(out._old) == 0:
+            break
+    got1 += take(r1)
+    got2 += take(r2)
+    out.close(grace=0.5)
+    got2 += take(r2)
+    w1, w2 = pcap_prefix(bytes(got1)), pcap_prefix(bytes(got2))
+    assert w1[1] == w2[1] == 0  # nothing cut
+    assert w1[0] + w2[0] == 1815 == c["packets_out"]
+    assert w1[0] < 1800 and w2[0] > 15  # the queue went to the new reader
+    order = [(r.ts_sec, r.ts_usec) for g in (got1, got2) for r in pcap.parse(bytes(g))[1]]
+    assert order == [(i, j) for n in (600, 5) for i in range(n) for j in range(3)]
+    assert c["dropped.reader_gone"] == c["dropped.output"] == c["dropped.unread_at_exit"] == 0
+    os.close(r1)
+    os.close(r2)

@@ -34,7 +34,7 @@ def plan(tmp, rate: int) -> list[list[dict]]:
     immediate reopens (gap 0, same process), 1 ms / 50 ms / 300 ms gaps,
     SIGKILL in the header, mid-record and at any point, slow readers that
     leave with data (at 20 kpkt/s: a full pipe) unread."""
-    slow = max(2000, rate * 800 // 5)  # a fifth of the traffic's bytes per second
+    slow = max(2000, rate * 800 // 20)  # a 20th of the traffic's bytes per second
     pattern = [
         [dict(seconds=0.15, end="close", gap=0), dict(seconds=0.05, end="close", gap=0.001),
          dict(limit=24 + 333, seconds=2, end="hang")],
@@ -201,7 +201,7 @@ def test_100_reader_restarts_every_stream_valid_conservation_exact(pipe, tmp_pat
     assert r["dropped.reader_gone"] >= cut > 0
     assert figures["killed"] >= 9 and figures["handed_over"] >= 5
     replaced = [x for x in receiver_log if x.get("event") == "reader_replaced"]
-    assert len(replaced) == figures["handed_over"]
+    assert len(replaced) >= figures["handed_over"]  # (+ a reopen seen before the close)
     assert figures["left_with_unread"] >= 10
     assert pcap_prefix(final.read_bytes())[0] > 0
     if rate == 20000:  # slow readers left with a full pipe (1 MiB)

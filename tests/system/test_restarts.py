@@ -63,18 +63,26 @@ class Reader:
 
     def __init__(self, fifo, sessions: list[dict]):
         self.p = subprocess.Popen([sys.executable, str(TOOLS / "fiforeader.py"), str(fifo),
-                                   json.dumps(sessions)], stdout=subprocess.PIPE, text=True,
+                                   json.dumps(sessions)], stdout=subprocess.PIPE,
                                   start_new_session=True)
+        self.buf = b""
 
     def wait_for(self, *lines: str, timeout: float = 60.0) -> str:
-        """The first of ``lines`` it prints ("" if it ends first)."""
+        """The first of ``lines`` it prints ("" if it ends first).  Reads the
+        pipe itself: lines that arrive together are all seen."""
         deadline = time.monotonic() + timeout
+        fd = self.p.stdout.fileno()
         while time.monotonic() < deadline:
-            r, _, _ = select.select([self.p.stdout], [], [], 0.5)
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                if line.decode() in lines:
+                    return line.decode()
+            r, _, _ = select.select([fd], [], [], 0.5)
             if r:
-                line = self.p.stdout.readline().strip()
-                if line in lines or not line:
-                    return line
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    return ""
+                self.buf += chunk
         self.kill()
         raise AssertionError(f"reader {self.p.args[-1]} printed none of {lines} in {timeout}s")
 

@@ -129,13 +129,15 @@ class PcapOutput:
             self.kind = "stdout"
             self._attach(sys.stdout.fileno())
             return
-        self.kind = check_path(path, create_fifo)
+        # a symbolic link stays: the FIFO (or file) it leads to is used
+        self._fifo = os.path.realpath(path)
+        self.kind = check_path(self._fifo, create_fifo)
         if self.kind == "fifo":
-            if not os.path.exists(path):
-                os.mkfifo(path, 0o640)
-                os.chmod(path, 0o640)
-                log.info("created FIFO %s", path)
-            st = os.stat(path)
+            if not os.path.exists(self._fifo):
+                os.mkfifo(self._fifo, 0o640)
+                os.chmod(self._fifo, 0o640)
+                log.info("created FIFO %s", self._fifo)
+            st = os.stat(self._fifo)
             self._mode = stat.S_IMODE(st.st_mode)
             self._owner = (st.st_uid, st.st_gid)
             self.try_attach()
@@ -190,7 +192,7 @@ class PcapOutput:
         if self.kind != "fifo":
             return self.attached
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(self._fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
             if e.errno != errno.ENXIO:  # ENXIO: no reader (yet)
                 self._warn.warning("fifo", "cannot open output %s: %s (retrying)", self.path,
@@ -230,7 +232,7 @@ class PcapOutput:
     def _renew_path(self) -> None:
         """Rename a fresh FIFO over the path (atomic: an ``open()`` of the path
         finds either the old inode or the new one, never nothing)."""
-        d, name = os.path.split(os.path.abspath(self.path))
+        d, name = os.path.split(self._fifo)
         tmp = os.path.join(d, f".{name}.{os.getpid()}.next")
         try:
             try:
@@ -241,7 +243,7 @@ class PcapOutput:
             try:
                 self._same_owner(tmp)
                 os.chmod(tmp, self._mode)
-                os.rename(tmp, self.path)
+                os.rename(tmp, self._fifo)
             except OSError:
                 os.unlink(tmp)
                 raise

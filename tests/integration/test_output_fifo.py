@@ -326,3 +326,18 @@ def test_hand_over_with_a_full_pipe_moves_the_queue_to_the_new_reader(fifo):
     assert c["dropped.reader_gone"] == c["dropped.output"] == c["dropped.unread_at_exit"] == 0
     os.close(r1)
     os.close(r2)
+
+
+def test_a_symlink_to_the_fifo_stays_a_symlink(fifo, tmp_path):
+    link = tmp_path / "link.pcap"
+    link.symlink_to(fifo)
+    c = Counters()
+    out = PcapOutput(str(link), c)
+    r1 = ropen(link)
+    assert out.try_attach()
+    assert link.is_symlink() and os.stat(link).st_ino == os.stat(fifo).st_ino
+    assert os.stat(fifo).st_ino != os.fstat(r1).st_ino  # the FIFO it leads to is fresh
+    out.write(areas(1)[0], 3)
+    assert pcap_prefix(take(r1))[0] == 3
+    out.close(grace=0)
+    os.close(r1)

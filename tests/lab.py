@@ -234,11 +234,12 @@ class Lab:
 
 
 def send_udp(ns: Netns, dst: str, port: int, payloads_file: Path, pace: int = 200,
-             src_port: int = 0, timeout: float = 120.0) -> int:
+             src_port: int = 0, timeout: float = 120.0, rate: float = 0) -> int:
     """Send the datagrams listed in ``payloads_file`` (see tools/udpsend.py)
-    from inside ``ns``.  Returns how many were sent."""
+    from inside ``ns``, ``rate`` per second if given.  Returns how many were
+    sent."""
     r = ns.exec(sys.executable, str(ROOT / "tests" / "tools" / "udpsend.py"), dst, str(port),
-                str(payloads_file), str(pace), str(src_port), timeout=timeout)
+                str(payloads_file), str(pace), str(src_port), str(rate), timeout=timeout)
     return int(r.stdout.strip())
 
 
@@ -270,3 +271,26 @@ def newest_fitting(records: list[bytes], budget: int) -> list[bytes]:
         kept.append(r)
         total += len(r)
     return kept[::-1]
+
+
+def pcap_prefix(data: bytes) -> tuple[int, int]:
+    """A reader's stream, checked from byte 0: a pcap header (LINKTYPE_RAW,
+    little-endian, as the receiver writes it), then nothing but records; a
+    reader that left early may hold a prefix of that, its last record cut.
+    Returns (records received whole, bytes of a cut last record); raises
+    AssertionError on anything else (the oracle of the restart tests)."""
+    from nflog_pipe import pcap
+
+    head = pcap.GLOBAL_HEADER_BYTES
+    assert head.startswith(data[:24]), f"stream does not start with a pcap header: {data[:24]!r}"
+    whole, off = 0, 24
+    while off + 16 <= len(data):
+        sec, usec, caplen, origlen = pcap.RECORD_HEADER.unpack_from(data, off)
+        assert usec < 1_000_000 and 20 <= caplen <= 65535 and caplen <= origlen, \
+            f"not a record at offset {off}: {data[off:off + 16]!r}"
+        assert data[off + 16 : off + 17] in (b"", *(bytes([b]) for b in range(0x40, 0x70))), \
+            f"record at {off} is not IP"
+        if off + 16 + caplen > len(data):
+            break
+        whole, off = whole + 1, off + 16 + caplen
+    return whole, max(0, len(data) - off) if len(data) > 24 else 0

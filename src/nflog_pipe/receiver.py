@@ -38,15 +38,17 @@ OPTIONS = [
     Option("src", type=config.endpoint, metavar="SRC", required=True,
            help="ZeroMQ endpoint to bind (PULL); many senders may connect"),
     Option("dst", type=config.path, metavar="DST", required=True,
-           help="where the pcap stream goes: a FIFO (an IDS reads it with -r), a file, or - "
-           "for stdout"),
+           help="where the pcap stream goes: a FIFO (an IDS reads it with -r; every reader "
+           "gets a pipe of its own, so the FIFO's directory must be writable), a regular file "
+           "(written over), or - for stdout"),
     Option("fifo_create", ("--fifo-create",), flag=True, default=False,
-           help="create DST as a FIFO if it does not exist"),
+           help="create DST as a FIFO if it does not exist (a regular file at DST is then "
+           "an error, never overwritten)"),
     Option("output_buffer", ("--output-buffer",), type=config.mib(4096.0), default=4.0,
            metavar="MiB", help="records waiting for a slow output reader; past it frames are "
            "dropped whole and counted"),
     Option("fifo_retry", ("--fifo-retry",), type=config.seconds(60.0), default=0.1, metavar="S",
-           help="how often to look for a FIFO reader while none is attached"),
+           help="how often to look for a (new) FIFO reader and for one that left"),
     Option("zmq_buffer", ("--zmq-buffer",), type=config.count(1, 100000), default=32,
            metavar="MSGS", help="frames ZeroMQ may queue on the way in, per sender "
            "(ZMQ_RCVHWM); past it TCP pushes back and the sender queues, then drops and "
@@ -123,7 +125,7 @@ def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput,
     next_check = 0.0
     while not rt.stopping:
         registered = _sync_poller(poller, registered, _poll_set(pull, output, queries, tap))
-        interval = args.fifo_retry if not output.attached else 0.25
+        interval = args.fifo_retry
         wait = min(rt.timeout(0.5), interval)
         if queries is not None:
             if queries.busy:
@@ -131,6 +133,8 @@ def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput,
             elif (deadline := queries.next_deadline()) is not None:
                 wait = max(0.0, min(wait, deadline - time.monotonic() + 0.01))
         events = dict(poller.poll(wait * 1000))
+        if any(events.get(fd, 0) & zmq.POLLERR for fd, _ in output.poll_items()):
+            output.check_reader()  # a reader left: count what it left, write no more to it
         backlog = False
         if pull in events:
             # True: more frames waiting, the live path is saturated
@@ -145,10 +149,10 @@ def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput,
             _tap_events(tap, events)
         now = time.monotonic()
         if now >= next_check:
-            if output.attached:
-                output.check_reader()
-            else:
-                output.try_attach()
+            # readers that left, what readers took; then a (new) reader on
+            # the path, who gets a pipe of its own (output.py)
+            output.check_reader()
+            output.try_attach()
             next_check = now + interval
         if output.closed:
             rt.stop("output closed")
@@ -169,8 +173,8 @@ def _poll_set(pull: zmq.Socket, output: PcapOutput, queries: QueryServer | None,
         want[tap.fd] = zmq.POLLIN
         for fd, wants_write in tap.poll_items():
             want[fd] = zmq.POLLIN | (zmq.POLLOUT if wants_write else 0)
-    if output.wants_write:
-        want[output.fd] = want.get(output.fd, 0) | zmq.POLLOUT
+    for fd, wants_write in output.poll_items():
+        want[fd] = want.get(fd, 0) | zmq.POLLERR | (zmq.POLLOUT if wants_write else 0)
     return want
 
 

@@ -80,6 +80,19 @@ class WriteQueue:
                     record_bytes += len(item[0])
         return Progress(written, records, record_bytes, None)
 
+    def take_unstarted(self) -> list[tuple[memoryview, int]]:
+        """Remove the buffers not begun yet and return them, (data, records)
+        in order: a buffer partly written stays, so that it is finished."""
+        items = self._items
+        keep = 1 if items and items[0][1] else 0
+        out = []
+        while len(items) > keep:
+            data, _, records = items.pop()
+            self.bytes -= len(data)
+            out.append((data, records))
+        out.reverse()
+        return out
+
     def clear(self) -> int:
         """Forget everything queued; returns the records that were in it."""
         lost = sum(item[2] for item in self._items)

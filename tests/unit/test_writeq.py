@@ -117,3 +117,16 @@ def test_buffers_without_records_do_not_count_as_record_bytes():
     q.push(memoryview(b"recs"), 1)
     p = q.write()
     assert (p.bytes, p.records, p.record_bytes) == (10, 1, 4)
+
+
+def test_take_unstarted_keeps_a_buffer_partly_written():
+    q = WriteQueue(Taker(5, BlockingIOError()))
+    for i, n in enumerate((10, 20, 30)):
+        q.push(memoryview(bytes([i]) * n), i + 1)
+    q.write()  # 5 bytes of the first buffer
+    moved = q.take_unstarted()
+    assert [(bytes(d), r) for d, r in moved] == [(b"\x01" * 20, 2), (b"\x02" * 30, 3)]
+    assert q.bytes == 5 and bool(q)
+    q2 = WriteQueue(Taker())
+    q2.push(memoryview(b"abc"), 1)
+    assert [(bytes(d), r) for d, r in q2.take_unstarted()] == [(b"abc", 1)] and not q2

@@ -16,9 +16,9 @@ $(BIN)/nflog-zmq-send: pyproject.toml setup.py $(wildcard src/nflog_pipe/_native
 	@if [ "$$(id -u)" = 0 ]; then tools/install-deps.sh; \
 	 else echo "not root: skipping Debian packages (see tools/install-deps.sh)"; fi
 	@command -v $(PYTHON) >/dev/null || { echo "make install: $(PYTHON) not found: apt-get install python3 python3-venv (as root: tools/install-deps.sh)" >&2; exit 1; }
-	$(PYTHON) -m venv $(VENV) || { echo "make install: '$(PYTHON) -m venv' failed: apt-get install python3-venv (tools/install-deps.sh does)" >&2; exit 1; }
-	$(BIN)/pip install -q --upgrade pip || { echo "make install: pip could not upgrade itself: check access to PyPI (proxy, certificates)" >&2; exit 1; }
-	$(BIN)/pip install -q -e '.[test]' || { echo "make install: pip install -e '.[test]' failed: its message is above" >&2; exit 1; }
+	@echo "$(PYTHON) -m venv $(VENV)"; $(PYTHON) -m venv $(VENV) || { echo "make install: '$(PYTHON) -m venv' failed: apt-get install python3-venv (tools/install-deps.sh does)" >&2; exit 1; }
+	@echo "$(BIN)/pip install -q --upgrade pip"; $(BIN)/pip install -q --upgrade pip || { echo "make install: pip could not upgrade itself: check access to PyPI (proxy, certificates)" >&2; exit 1; }
+	@echo "$(BIN)/pip install -q -e '.[test]'"; $(BIN)/pip install -q -e '.[test]' || { echo "make install: pip install -e '.[test]' failed: its message is above" >&2; exit 1; }
 	@touch $@
 
 deps:

@@ -294,3 +294,54 @@ def test_a_handshake_flood_does_not_starve_the_receiver(pipe, tmp_path):
     assert sent == [PACKETS] and rc["packets_out"] == PACKETS == sc["packets_out"]
     assert not any(v for k, v in {**sc, **rc}.items() if k.startswith("dropped.")), (sc, rc)
     assert rc["connections.accepted"] >= 1101 and rc["handshakes.succeeded"] >= 1
+
+
+FORGED_IDS = """
+import sys, zmq
+from nflog_pipe import frame, pcap
+rec = pcap.record(1_700_000_000, 0, bytes([0x45]) + bytes(27))   # one 28-byte IPv4 packet
+ctx = zmq.Context()
+s = ctx.socket(zmq.PUSH)
+s.sndhwm = 0
+s.connect(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    s.send(frame.encode(b"forged-%d" % i, i, 0, 0, 1, rec))
+s.close(linger=60000)
+ctx.term()   # waits until every queued frame went out (at most the linger)
+print("sent", flush=True)
+"""
+
+
+def test_forged_sender_ids_cost_the_receiver_bounded_state(pipe, tmp_path):
+    """200 000 frames, each from a new forged sender id, while 10 kpps of real traffic
+    flow: the receiver tracks at most 4 096 streams (forgetting in O(1)), its memory
+    stays flat, no real packet is lost and none is counted lost (a real stream that
+    was forgotten and comes back starts again, without a false transit loss)."""
+    pipe.nflog_rule(7, 7800)
+    pipe.start_receiver()
+    reader = pipe.reader()
+    sender = pipe.start_sender("7")
+    before = rss_mib(pipe.receiver.pid)
+    forger = pipe.lab.popen(pipe.gw.prefix() + [sys.executable, "-c", FORGED_IDS,
+                                                f"tcp://{pipe.link.b4}:5555", "200000"],
+                            stdout=subprocess.PIPE)
+    payloads = payload_file(tmp_path / "p", [b"r" * 100] * PACKETS)
+    sent = send_udp(pipe.gw, pipe.link.b4, 7800, payloads, pace=RATE_PACE)
+    assert forger.stdout.readline().strip() == b"sent"
+    forger.wait(60)
+    expect = 24 + PACKETS * (16 + 128) + 200_000 * (16 + 28)   # bytes: cheap to watch
+    wait_until(lambda: len(reader.data) >= expect, timeout=120,
+               what="the real and the forged records")
+    after = rss_mib(pipe.receiver.pid)
+    s_totals = sender.stop()
+    r_totals = pipe.receiver.stop()
+    assert whole_records(reader) == PACKETS + 200_000
+    reader.close()
+    rc = r_totals["counters"]
+    assert sent == PACKETS and s_totals["counters"]["packets_out"] == PACKETS
+    assert rc["packets_out"] == PACKETS + 200_000
+    assert rc["streams_forgotten"] >= 200_000 + 1 - 4096
+    assert not any(v for k, v in rc.items() if k.startswith("dropped.")), rc
+    assert len(r_totals["senders"]) <= 4096   # the streams still tracked at the end
+    print(f"receiver RSS {before:.0f} MiB before, {after:.0f} MiB after 200 000 forged ids")
+    assert after - before < 32, f"receiver grew by {after - before:.0f} MiB"

@@ -46,9 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "system"), str(ROOT / "tests")]
 from conftest import Pipe, payload_file  # noqa: E402
 from lab import Lab, send_udp, tool, wait_until  # noqa: E402
-from test_live_path import FLOOD, IDLE_CLIENTS, QUERY, rss_mib, silent_resolver, slow_filter  # noqa: E402
-
-from nflog_pipe import security  # noqa: E402
+from test_live_path import FLOOD, IDLE_CLIENTS, QUERY, curve_options, rss_mib, silent_resolver, slow_filter  # noqa: E402
 
 #: the run without attack each scenario is compared with (same options, same packets)
 BASELINE = {"filters": "baseline-buffer", "idle-clients": "baseline-window"}
@@ -108,16 +106,7 @@ def run_scenario(name: str, packets: int, tmp: Path, window: int = 64) -> dict:
         if name == "filters":
             etc.append(silent_resolver(pipe, pipe.ids))
         if name == "handshakes":
-            d = tmp / "keys"
-            allow = tmp / "allow"
-            allow.mkdir()
-            for n in ("receiver", "gw"):
-                security.write_keypair(str(d), n)
-            (allow / "gw.key").write_bytes((d / "gw.key").read_bytes())
-            recv_opts = ["--curve-secret-key", str(d / "receiver.key_secret"), "--curve-allow",
-                         str(allow)]
-            send_opts = ["--curve-secret-key", str(d / "gw.key_secret"), "--curve-server-key",
-                         str(d / "receiver.key")]
+            recv_opts, send_opts = curve_options(tmp)
             prefix = pipe.ids.prefix
             pipe.ids.prefix = lambda: prefix() + ["prlimit", "--nofile=1024:4096", "--"]
         pipe.nflog_rule(9, 7900)

@@ -32,23 +32,26 @@ def whole_records(reader) -> int:
         return 0
 
 
+def silent_resolver(pipe, ns) -> Path:
+    """Point ns at a resolver that never answers (the other side of the link, where
+    port 53 is dropped); returns the /etc/netns directory to remove afterwards."""
+    d = Path("/etc/netns") / ns.name
+    d.mkdir(parents=True)
+    other = pipe.link.b4 if ns is pipe.gw else pipe.link.a4
+    (d / "resolv.conf").write_text(f"nameserver {other}\noptions timeout:{RESOLVER_HANG} attempts:1\n")
+    for n in (pipe.gw, pipe.ids):
+        for proto in ("udp", "tcp"):
+            n.iptables("-I", "INPUT", "-p", proto, "--dport", "53", "-j", "DROP")
+    return d
+
+
 def test_a_silent_resolver_for_statsd_costs_the_data_path_nothing(pipe, tmp_path):
     """Both daemons name a statsd server that only a resolver which never answers could
     resolve (getaddrinfo hangs 30 s there): every packet arrives long before the lookup
     gives up, and both daemons obey SIGTERM while it still hangs. (Before, the loop made
     the lookup itself: nothing moved for the whole 30 s.)"""
-    etc = Path("/etc/netns") / pipe.gw.name
-    etc_ids = Path("/etc/netns") / pipe.ids.name
-    for d in (etc, etc_ids):
-        d.mkdir(parents=True)
-        # the resolver: the other namespace's address, where port 53 is dropped
-        (d / "resolv.conf").write_text(
-            f"nameserver {pipe.link.b4 if d == etc else pipe.link.a4}\n"
-            f"options timeout:{RESOLVER_HANG} attempts:1\n")
+    etcs = [silent_resolver(pipe, pipe.gw), silent_resolver(pipe, pipe.ids)]
     try:
-        for ns in (pipe.gw, pipe.ids):
-            for proto in ("udp", "tcp"):
-                ns.iptables("-I", "INPUT", "-p", proto, "--dport", "53", "-j", "DROP")
         # the resolver really is silent: a lookup from the gateway hangs past 3 s
         probe = pipe.gw.exec("timeout", "3", "getent", "hosts", "statsd.example.invalid",
                              check=False)
@@ -70,7 +73,7 @@ def test_a_silent_resolver_for_statsd_costs_the_data_path_nothing(pipe, tmp_path
         got = whole_records(reader)
         reader.close()
     finally:
-        for d in (etc, etc_ids):
+        for d in etcs:
             shutil.rmtree(d, ignore_errors=True)
     sc, rc = s_totals["counters"], r_totals["counters"]
     assert got == sent == PACKETS
@@ -78,19 +81,6 @@ def test_a_silent_resolver_for_statsd_costs_the_data_path_nothing(pipe, tmp_path
     assert rc["packets_out"] == PACKETS
     assert not any(v for k, v in {**sc, **rc}.items() if k.startswith("dropped.")), (sc, rc)
     assert sc["statsd.send_errors"] == 0   # nothing sent: there was no address
-
-
-def silent_resolver(pipe, ns) -> Path:
-    """Point ns at a resolver that never answers (the other side of the link, where
-    port 53 is dropped); returns the /etc/netns directory to remove afterwards."""
-    d = Path("/etc/netns") / ns.name
-    d.mkdir(parents=True)
-    other = pipe.link.b4 if ns is pipe.gw else pipe.link.a4
-    (d / "resolv.conf").write_text(f"nameserver {other}\noptions timeout:{RESOLVER_HANG} attempts:1\n")
-    for n in (pipe.gw, pipe.ids):
-        for proto in ("udp", "tcp"):
-            n.iptables("-I", "INPUT", "-p", proto, "--dport", "53", "-j", "DROP")
-    return d
 
 
 def slow_filter(i: int) -> str:
@@ -240,6 +230,18 @@ time.sleep(float(sys.argv[4]))
 """
 
 
+def curve_options(tmp: Path) -> tuple[list[str], list[str]]:
+    """Keys for a receiver that allows one sender "gw": (receiver, sender) options."""
+    d, allow = tmp / "keys", tmp / "allow"
+    allow.mkdir()
+    for n in ("receiver", "gw"):
+        security.write_keypair(str(d), n)
+    (allow / "gw.key").write_bytes((d / "gw.key").read_bytes())
+    return (["--curve-secret-key", str(d / "receiver.key_secret"), "--curve-allow", str(allow)],
+            ["--curve-secret-key", str(d / "gw.key_secret"), "--curve-server-key",
+             str(d / "receiver.key")])
+
+
 def test_a_handshake_flood_does_not_starve_the_receiver(pipe, tmp_path):
     """1 100 TCP connections send a CURVE greeting and go silent, against a receiver
     started with the usual soft limit of 1 024 open files. The receiver raises its
@@ -247,18 +249,12 @@ def test_a_handshake_flood_does_not_starve_the_receiver(pipe, tmp_path):
     counts them; a legitimate sender started during the flood delivers every packet.
     (Before: descriptors ran out, libzmq spun on accept() for 20 s and more, and the
     legitimate sender could not connect meanwhile.)"""
-    d = tmp_path / "keys"
-    allow = tmp_path / "allow"
-    allow.mkdir()
-    for n in ("receiver", "gw"):
-        security.write_keypair(str(d), n)
-    (allow / "gw.key").write_bytes((d / "gw.key").read_bytes())
+    recv_keys, send_keys = curve_options(tmp_path)
     pipe.nflog_rule(6, 7700)
     ids_prefix = pipe.ids.prefix
     pipe.ids.prefix = lambda: ids_prefix() + ["prlimit", "--nofile=1024:4096", "--"]
     try:
-        pipe.start_receiver("--curve-secret-key", str(d / "receiver.key_secret"),
-                            "--curve-allow", str(allow), "--stats-interval", "1")
+        pipe.start_receiver(*recv_keys, "--stats-interval", "1")
     finally:
         pipe.ids.prefix = ids_prefix
     assert pipe.receiver.wait_log("start")["nofile"] == 4096
@@ -267,8 +263,7 @@ def test_a_handshake_flood_does_not_starve_the_receiver(pipe, tmp_path):
                                                "1100", "30"], stdout=subprocess.PIPE)
     assert flood.stdout.readline().split() == [b"flooding", b"1100"]
     t0 = time.monotonic()
-    sender = pipe.start_sender("6", "--curve-secret-key", str(d / "gw.key_secret"),
-                               "--curve-server-key", str(d / "receiver.key"))
+    sender = pipe.start_sender("6", *send_keys)
     payloads = payload_file(tmp_path / "p", [b"h" * 100] * PACKETS)
     sent = []
     traffic = threading.Thread(target=lambda: sent.append(

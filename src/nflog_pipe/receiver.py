@@ -26,7 +26,8 @@ from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
 from .output import PcapOutput
-from .query import QueryServer, buffer_endpoint
+from .query.protocol import buffer_endpoint
+from .query.server import QueryServer
 from .ring import Ring, tune_malloc
 from .tap import Tap, tap_endpoint
 from .tracking import StreamTracker, drain

@@ -50,6 +50,7 @@ from ._records import ffi as _rffi
 from ._records import lib as _rlib
 from .bpf import Filter
 from .metrics import Counters
+from .query.protocol import PIECE  # noqa: F401  (the largest data message)
 
 #: frames from this size on are kept as their own chunk, without a copy
 #: (a busy sender's frames are up to 256 KiB: --batch-size)
@@ -59,8 +60,6 @@ BLOCK = 1 << 20
 #: the dead prefix of the oldest chunk is dropped once it is this large
 #: (and larger than the live tail)
 COMPACT_MIN = 1 << 20
-#: largest piece of a query response
-PIECE = 1 << 20
 #: record ranges from this size on go out as views of the chunk (no copy)
 ZERO_COPY_MIN = 64 << 10
 #: bytes of records a ``Selection.plan`` step scans with the filter

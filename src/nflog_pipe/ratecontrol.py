@@ -177,7 +177,7 @@ class RateController:
         self._deadline = float("inf")
         self._log = RateLimited(log, 10.0, clock)
         self.c = counters if counters is not None else {}
-        for k in ("dropped.hwm", "dropped.hwm_frames", "compressed_frames",
+        for k in ("dropped.hwm", "frames_dropped.hwm", "compressed_frames",
                   "compressed_packets", "compressed_raw_bytes", "compressed_bytes"):
             self.c.setdefault(k, 0)
 
@@ -201,7 +201,7 @@ class RateController:
                                   event="hwm_drop",
                                   rate_mib_s=round(self.meter.rate(now) / MiB, 3))
                 if k == 0:
-                    self.c["dropped.hwm_frames"] += 1
+                    self.c["frames_dropped.hwm"] += 1
                     return out
                 records, count, n = memoryview(records)[:size], k, size
             self.bucket.spend(n)

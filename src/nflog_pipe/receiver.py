@@ -99,7 +99,7 @@ class Receiver:
         self.senders = self.tracker.streams
         self.per_sender = self.tracker.per_sender
         for k in ("frames_in", "packets_in", "bytes_in", "dropped.malformed",
-                  "dropped.malformed_frames", "dropped.transit"):
+                  "frames_dropped.malformed", "dropped.transit"):
             self.c.setdefault(k, 0)
 
     def handle(self, data: memoryview, peer: str = "") -> frame.Frame | None:

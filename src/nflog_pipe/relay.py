@@ -89,7 +89,7 @@ class Relay:
         self.rc = rc
         if rc is not None:
             rc.c = self.c
-            for k in ("dropped.hwm", "dropped.hwm_frames", "compressed_frames",
+            for k in ("dropped.hwm", "frames_dropped.hwm", "compressed_frames",
                       "compressed_packets", "compressed_raw_bytes", "compressed_bytes"):
                 self.c.setdefault(k, 0)
         self.zmq_buffer = zmq_buffer
@@ -111,8 +111,8 @@ class Relay:
         self.ready = threading.Event()
         self.error: BaseException | None = None
         for k in ("frames_in", "packets_in", "bytes_in", "frames_out", "packets_out",
-                  "bytes_out", "dropped.malformed", "dropped.malformed_frames",
-                  "dropped.queue_full", "dropped.queue_full_frames"):
+                  "bytes_out", "dropped.malformed", "frames_dropped.malformed",
+                  "dropped.queue_full", "frames_dropped.queue_full"):
             self.c.setdefault(k, 0)
 
     # -- set-up ------------------------------------------------------------------
@@ -175,7 +175,7 @@ class Relay:
             self.push.send(self.out.frame(out), zmq.NOBLOCK)
         except zmq.Again:
             c["dropped.queue_full"] += out.count
-            c["dropped.queue_full_frames"] += 1
+            c["frames_dropped.queue_full"] += 1
             self._warn.warning("queue_full", "output queue full: frames dropped",
                                event="queue_full")
             return

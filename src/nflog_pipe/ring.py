@@ -4,7 +4,7 @@
 ``docs/frame-format.md``) in arrival order.  Its window is a hard bound on the
 pcap bytes kept (record headers included): after every ``append`` the ring
 holds exactly the newest records that fit, older records are evicted one by
-one (``dropped.evicted``, ``dropped.evicted_bytes``).  Eviction is not a loss
+one (``dropped.evicted``, ``bytes_dropped.evicted``).  Eviction is not a loss
 of the live path: evicted records were delivered (or counted) on the live
 output like every other record.
 
@@ -166,7 +166,7 @@ class Ring:
         self.bytes = 0  # pcap bytes kept (records with their headers)
         self.records = 0
         self._seq = 0  # of the next chunk
-        for k in ("dropped.evicted", "dropped.evicted_bytes"):
+        for k in ("dropped.evicted", "bytes_dropped.evicted"):
             self.c.setdefault(k, 0)
 
     # -- filling -------------------------------------------------------------
@@ -231,7 +231,7 @@ class Ring:
         self.bytes -= evicted_bytes
         self.records -= evicted
         self.c["dropped.evicted"] += evicted
-        self.c["dropped.evicted_bytes"] += evicted_bytes
+        self.c["bytes_dropped.evicted"] += evicted_bytes
 
     # -- reading ---------------------------------------------------------------
     def snapshot(self) -> Snapshot:

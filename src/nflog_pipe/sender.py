@@ -235,7 +235,7 @@ class Sender:
                 self.waiting = True
                 return
             self.c["dropped.queue_full"] += count
-            self.c.add("dropped.queue_full_frames")
+            self.c.add("frames_dropped.queue_full")
         else:
             self.seq += 1
             self.pkt_seq += count
@@ -269,7 +269,7 @@ class Sender:
             self.sock.send(data, zmq.NOBLOCK)
         except zmq.Again:
             self.c["dropped.queue_full"] += out.count
-            self.c.add("dropped.queue_full_frames")
+            self.c.add("frames_dropped.queue_full")
         else:
             self.seq += 1
             self.pkt_seq += out.count

@@ -179,7 +179,7 @@ def account_rejected(counters: Counters, e, data=None,
     frame always, its packets when the header that announced them was intact.
     With ``data`` and ``tracker``, the stream moves past the rejected frame so
     that its packets are not counted a second time as a transit gap."""
-    counters["dropped.malformed_frames"] += 1
+    counters["frames_dropped.malformed"] += 1
     if e.count and e.kind not in UNTRUSTED_COUNT:
         counters["packets_in"] += e.count
         counters["dropped.malformed"] += e.count

@@ -98,7 +98,7 @@ def test_rejected_frames_count_at_most_what_their_bytes_hold(stage):
     real[4] = 2
     push.send(bytes(real))
     c = settle(d, 5)
-    assert c["dropped.malformed_frames"] == 5
+    assert c["frames_dropped.malformed"] == 5
     # 0 + 0 + (32 * 1032 // 16 = 2064, the most 32 compressed bytes can expand to)
     # + 260 // 16 + 100
     assert c["dropped.malformed"] == 0 + 0 + 2064 + 10 + 100

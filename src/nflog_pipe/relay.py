@@ -27,7 +27,7 @@ import time
 
 import zmq
 
-from . import config, frame, listen, ratecontrol, runtime, security
+from . import config, frame, listen, pcap, ratecontrol, runtime, security
 from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
@@ -57,9 +57,10 @@ class OutStreams:
     def frame(self, out: Output) -> bytes:
         seq, pkt_seq = self._next.get(out.key) or (0, 0)
         flags = frame.FLAG_COMPRESSED if out.codec != frame.CODEC_NONE else 0
-        hdr = frame.pack_header(out.key, self.instance, seq, pkt_seq, out.count, out.raw_len,
-                                len(out.payload), flags, out.codec)
-        return b"".join((hdr, out.payload))
+        hdr = frame.Header.new(out.key, instance=self.instance, count=out.count, seq=seq,
+                               pkt_seq=pkt_seq, raw_len=out.raw_len, payload_len=len(out.payload),
+                               flags=flags, codec=out.codec)
+        return b"".join((hdr.pack(out.key), out.payload))
 
     def sent(self, out: Output) -> None:
         nxt = self._next.pop(out.key, None)  # re-inserted last: most recently used
@@ -182,7 +183,7 @@ class Relay:
         self.out.sent(out)
         c["frames_out"] += 1
         c["packets_out"] += out.count
-        c["bytes_out"] += out.raw_len - 16 * out.count
+        c["bytes_out"] += out.raw_len - pcap.RECORD_HEADER_SIZE * out.count
 
     # -- the loop ----------------------------------------------------------------
     def run(self, rt: runtime.Runtime | None = None) -> None:

@@ -289,7 +289,7 @@ class Selection:
         self.hi = NO_LIMIT if until_us is None else max(0, until_us)
         self.max_bytes = max_bytes
         self.flt = flt
-        self.piece = max(piece, pcap.SNAPLEN + 16)
+        self.piece = max(piece, pcap.SNAPLEN + pcap.RECORD_HEADER_SIZE)
         self.records = 0
         self.bytes = 0  # record bytes (without the pcap header)
         self.planned = False

@@ -26,9 +26,10 @@ from collections.abc import Callable
 
 import zmq
 
-from .frame import HEADER, HEADER_SIZE, Frame, FrameError, decode
+from .frame import HEADER_SIZE, Frame, FrameError, decode, read_header
 from .logs import RateLimited
 from .metrics import Counters
+from .pcap import RECORD_HEADER_SIZE
 
 #: streams tracked at once; beyond it the least recently seen is forgotten
 MAX_STREAMS = 4096
@@ -102,7 +103,7 @@ class StreamTracker:
             return None
         self._advance(f, delivered=True)
         c["packets_in"] += f.count
-        c["bytes_in"] += f.size - 16 * f.count
+        c["bytes_in"] += f.size - RECORD_HEADER_SIZE * f.count
         return f
 
     def track(self, f: Frame) -> None:
@@ -188,7 +189,6 @@ def account_rejected(counters: Counters, e, data=None,
 
 
 def _header_only(data) -> Frame:
-    (_m, _v, flags, cdc, id_len, instance, count, seq, pkt_seq, _raw,
-     _pl) = HEADER.unpack_from(data)
-    sid = bytes(memoryview(data)[HEADER_SIZE : HEADER_SIZE + id_len]).decode()
-    return Frame(sid, instance, seq, pkt_seq, count, flags, cdc, memoryview(b""))
+    h = read_header(data)
+    sid = bytes(memoryview(data)[HEADER_SIZE : HEADER_SIZE + h.id_len]).decode()
+    return Frame(sid, h.instance, h.seq, h.pkt_seq, h.count, h.flags, h.codec, memoryview(b""))

@@ -22,13 +22,8 @@
 #include <libnetfilter_log/libnetfilter_log.h>
 #include <libnetfilter_log/linux_nfnetlink_log.h>
 
+#include "record.h"
 #include "nflog.h"
-
-static inline void put_le32(unsigned char *p, uint32_t v)
-{
-    p[0] = v & 0xff; p[1] = (v >> 8) & 0xff;
-    p[2] = (v >> 16) & 0xff; p[3] = (v >> 24) & 0xff;
-}
 
 static inline uint32_t get_be32(const unsigned char *p)
 {

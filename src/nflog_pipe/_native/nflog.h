@@ -10,7 +10,7 @@
  * writes them to its output without touching individual packets in Python.
  */
 
-#define NZP_REC_HDR 16
+/* the record header size, NZP_REC_HDR: record.h */
 #define NZP_MAX_GROUPS 32
 
 struct nzp_batch {

@@ -16,11 +16,12 @@ import subprocess
 import sys
 
 from ._bpf import ffi, lib
+from .errors import PipeError
 from .pcap import SNAPLEN
 from .query.protocol import MAX_EXPRESSION  # noqa: F401  (a limit of the query protocol)
 
 
-class FilterError(ValueError):
+class FilterError(PipeError, ValueError):
     """An expression libpcap refuses, with libpcap's message."""
 
 

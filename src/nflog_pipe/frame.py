@@ -17,6 +17,7 @@ from . import codec as _codec
 from . import pcap
 from ._records import ffi as _rffi
 from ._records import lib as _rlib
+from .errors import PipeError
 
 MAGIC = b"NZPF"
 VERSION = 1
@@ -44,12 +45,11 @@ MAX_RECORDS = MAX_RAW // pcap.RECORD_HEADER_SIZE
 MAX_EXPANSION = 1032
 
 
-class FrameError(ValueError):
+class FrameError(PipeError, ValueError):
     """A frame that must be rejected whole.  ``kind`` names the check."""
 
     def __init__(self, kind: str, message: str, count: int | None = None):
-        super().__init__(message)
-        self.kind = kind
+        super().__init__(message, kind)
         #: records the frame announced, when its header could be read
         self.count = count
 

@@ -235,8 +235,13 @@ class Relay:
     def _run_quietly(self) -> None:
         try:
             self.run()
-        except zmq.ZMQError:
-            pass  # kept in self.error when it happened at set-up
+        except zmq.ZMQError as e:
+            # quiet only for what start() reports (set-up) and a context terminated
+            # under the thread; anything else from the loop is a failure to show
+            if e is not self.error and e.errno != zmq.ETERM:
+                self.error = e
+                log.error("relay thread failed: %s", e, exc_info=True,
+                          extra={"event": "relay_failed", "mode": self.mode})
         finally:
             self.close()
 

@@ -26,6 +26,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from . import config
 from .config import Option
+from .errors import PipeError
 from .logs import RateLimited
 from .metrics import Counters
 
@@ -48,7 +49,7 @@ SERVER_OPTIONS = [SECRET_KEY, ALLOW]
 RELAY_OPTIONS = [SECRET_KEY, SERVER_KEY, ALLOW]
 
 
-class SecurityError(ValueError):
+class SecurityError(PipeError, ValueError):
     """A key or a combination of options that cannot be used."""
 
 

@@ -24,6 +24,7 @@ import zmq
 
 from nflog_pipe import config, pcap, runtime, security
 from nflog_pipe.config import Option
+from nflog_pipe.errors import PipeError
 
 from .protocol import (
     CMD_CANCEL,
@@ -194,10 +195,9 @@ class _TerminalProgress:
             self.width = 0
 
 
-class QueryFailed(Exception):
-    def __init__(self, message: str, kind: str | None = None):
-        super().__init__(message)
-        self.kind = kind  # the receiver's refusal kind (docs/query-protocol.md), if any
+class QueryFailed(PipeError):
+    """A query that did not complete; ``kind``: the receiver's refusal kind
+    (docs/query-protocol.md), if any."""
 
 
 class _Sink:

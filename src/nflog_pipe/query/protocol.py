@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from nflog_pipe import config, pcap
+from nflog_pipe.errors import PipeError
 
 if TYPE_CHECKING:
     from nflog_pipe.ring import Selection
@@ -53,12 +54,11 @@ def buffer_endpoint(text: str) -> str:
 
 # --- requests ------------------------------------------------------------------------
 
-class RequestError(ValueError):
+class RequestError(PipeError, ValueError):
     """A request the receiver refuses; ``kind`` goes back to the client."""
 
     def __init__(self, message: str, kind: str = "request"):
-        super().__init__(message)
-        self.kind = kind
+        super().__init__(message, kind)
 
 
 @dataclass(frozen=True)

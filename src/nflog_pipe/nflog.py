@@ -20,8 +20,6 @@ from .errors import PipeError
 
 log = logging.getLogger(__name__)
 
-SOL_NETLINK = 270
-NETLINK_NO_ENOBUFS = 5
 SO_RCVBUFFORCE = 33
 SO_MEMINFO = 55
 #: The kernel's per-group batch buffer: NLMSG_GOODSIZE .. 128 KiB.  Values

@@ -312,7 +312,7 @@ def from_options(args, counters: dict | None = None) -> RateController:
     if args.lwm and args.hwm and args.hwm < args.lwm:
         raise ValueError(f"--hwm {args.hwm:g} is below --lwm {args.lwm:g}")
     level = getattr(args, "compress_level", None)
-    cdc = args.codec if isinstance(args.codec, int) else codec.parse_name(args.codec)
+    cdc = args.codec  # an int: argparse applies _codec_name to the default too
     try:
         level = codec.check(cdc, level)
     except ValueError as e:

@@ -97,7 +97,6 @@ class Receiver:
         self.tap = tap
         self._warn = RateLimited(log, 10.0)
         self.tracker = StreamTracker(counters, log, self._warn)
-        self.senders = self.tracker.streams
         self.per_sender = self.tracker.per_sender
         for k in ("frames_in", "packets_in", "bytes_in", "dropped.malformed",
                   "frames_dropped.malformed", "dropped.transit"):

@@ -101,12 +101,13 @@ class StreamTracker:
             self._warn.warning(f"malformed.{e.kind}", "rejected frame (%s): %s", e.kind, e,
                                event="malformed_frame", peer=peer, size=len(data))
             return None
-        self._advance(f, delivered=True)
+        self.track(f)
         c["packets_in"] += f.count
         c["bytes_in"] += f.size - RECORD_HEADER_SIZE * f.count
         return f
 
     def track(self, f: Frame) -> None:
+        """A frame accepted and delivered: its stream advances (gaps counted)."""
         self._advance(f, delivered=True)
 
     def skip(self, f: Frame) -> None:

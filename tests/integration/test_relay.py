@@ -6,7 +6,7 @@ import time
 
 import pytest
 import zmq
-from lab import Daemon, free_port, tool, wait_until
+from lab import PKT, Daemon, free_port, tool, wait_until
 
 from nflog_pipe import codec, frame, pcap, ratecontrol
 from nflog_pipe.ratecontrol import MiB, RateController
@@ -15,9 +15,6 @@ from nflog_pipe.relay import COMPRESS, DECOMPRESS, Relay
 
 def ep() -> str:
     return f"tcp://127.0.0.1:{free_port()}"
-
-
-PKT = bytes.fromhex("4500001d00004000401100007f0000017f000001303900350009000041")
 
 
 def area(n: int, tag: bytes = b"") -> bytes:

@@ -257,6 +257,18 @@ def _serve_buffer(ctx, stack: contextlib.ExitStack, args, curve, counters,
     return ring, queries
 
 
+def _gauges(output, ring, queries, tap):
+    def gauges() -> dict:
+        g = {"output_pending_bytes": output.pending_bytes}
+        if ring is not None:
+            g.update(buffer_bytes=ring.bytes, buffer_packets=ring.records,
+                     query_active=len(queries.transfers), query_inflight=queries.owed_total)
+        if tap is not None:
+            g["tap_clients"] = len(tap.clients)
+        return g
+    return gauges
+
+
 def main(argv: list[str] | None = None) -> int:
     args = config.parse_args("nflog-pcap-recv", __doc__.split("\n\n")[0], OPTIONS, argv)
     runtime.ignore_hangup()
@@ -307,17 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                 return runtime.fatal("cannot listen on --tap %s:%d: %s", *args.tap,
                                      e.strerror or e)
             stack.callback(tap.close)
-
-        def gauges() -> dict:
-            g = {"output_pending_bytes": output.pending_bytes}
-            if ring is not None:
-                g.update(buffer_bytes=ring.bytes, buffer_packets=ring.records,
-                         query_active=len(queries.transfers), query_inflight=queries.owed_total)
-            if tap is not None:
-                g["tap_clients"] = len(tap.clients)
-            return g
-
-        rt = runtime.Runtime(SERVICE, args, counters, gauges=gauges)
+        rt = runtime.Runtime(SERVICE, args, counters, gauges=_gauges(output, ring, queries, tap))
         rt.install_signals()
         if curve and curve.allow:
             rt.on_reload("CURVE allow-list", curve.allow.reload)

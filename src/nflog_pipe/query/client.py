@@ -237,6 +237,27 @@ class _Sink:
                 pass
 
 
+def _dealer(ctx: zmq.Context, curve: security.Curve | None) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
+    if curve is not None:
+        curve.client(sock)
+    sock.linger = 0
+    sock.maxmsgsize = 2 * PIECE
+    sock.rcvhwm = 0
+    return sock
+
+
+def _refusal(parts) -> QueryFailed:
+    """The QueryFailed of an ``error`` message."""
+    try:
+        body = json.loads(parts[1].bytes)
+        err, why = str(body["error"]), body.get("kind")
+    except (IndexError, ValueError, KeyError, TypeError, AttributeError):
+        err, why = "unreadable error message", None
+    return QueryFailed(f"the receiver refused the query: {err}", why if isinstance(why, str) else None)
+
+
 def fetch(endpoint: str, req: Request, out, timeout: float, ctx: zmq.Context | None = None,
           curve: security.Curve | None = None, progress=None) -> dict:
     """Run one query; write the pcap bytes to ``out.write``.  Returns the
@@ -245,13 +266,7 @@ def fetch(endpoint: str, req: Request, out, timeout: float, ctx: zmq.Context | N
     each piece received (``update``)."""
     own = ctx is None
     ctx = ctx or zmq.Context(1)
-    sock = ctx.socket(zmq.DEALER)
-    sock.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
-    if curve is not None:
-        curve.client(sock)
-    sock.linger = 0
-    sock.maxmsgsize = 2 * PIECE
-    sock.rcvhwm = 0
+    sock = _dealer(ctx, curve)
     try:
         sock.connect(endpoint)
         sock.send_multipart([CMD_QUERY, req.encode()])
@@ -266,13 +281,7 @@ def fetch(endpoint: str, req: Request, out, timeout: float, ctx: zmq.Context | N
             parts = sock.recv_multipart(copy=False)
             kind = parts[0].bytes
             if kind == MSG_ERROR:
-                try:
-                    body = json.loads(parts[1].bytes)
-                    err, why = str(body["error"]), body.get("kind")
-                except (IndexError, ValueError, KeyError, TypeError, AttributeError):
-                    err, why = "unreadable error message", None
-                raise QueryFailed(f"the receiver refused the query: {err}",
-                                  why if isinstance(why, str) else None)
+                raise _refusal(parts)
             if kind == MSG_HEADER:
                 header = json.loads(parts[1].bytes)
                 log.debug("response header", extra={"event": "header", **header})
@@ -301,6 +310,28 @@ def fetch(endpoint: str, req: Request, out, timeout: float, ctx: zmq.Context | N
         sock.close(linger=100)
         if own:
             ctx.term()
+
+
+def _fetch_waiting(args, req: Request, sink, curve, progress, started: float) -> tuple[dict, float]:
+    """``fetch``, asked again every second while the receiver answers busy, for up to
+    --wait seconds.  Returns the header and when the last (served) request went out."""
+    asked = started
+    while True:
+        try:
+            return fetch(args.endpoint, req, sink, args.timeout, curve=curve,
+                         progress=progress), asked
+        except QueryFailed as e:
+            left = started + args.wait - time.monotonic()
+            if e.kind != "busy" or left <= 0:
+                raise
+            pause = min(1.0, left)
+            again = datetime.now().timestamp() + pause
+            log.info("%s: asking again in %.1f s (at %s; --wait gives up in %.0f s)", e,
+                     pause, datetime.fromtimestamp(again).strftime("%H:%M:%S.%f")[:-3], left,
+                     extra={"event": "query_busy", "retry_in": round(pause, 3),
+                            "wait_left": round(left, 3)})
+            time.sleep(pause)
+            asked = time.monotonic()
 
 
 class Stopped(BaseException):
@@ -335,25 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     progress = None
     if args.output != "-" and not args.quiet and sys.stderr is not None and sys.stderr.isatty():
         progress = _TerminalProgress(sys.stderr)
-    started = asked = time.monotonic()
+    started = time.monotonic()
     try:
-        while True:
-            try:
-                header = fetch(args.endpoint, req, sink, args.timeout, curve=curve,
-                               progress=progress)
-                break
-            except QueryFailed as e:
-                left = started + args.wait - time.monotonic()
-                if e.kind != "busy" or left <= 0:
-                    raise
-                pause = min(1.0, left)
-                again = datetime.now().timestamp() + pause
-                log.info("%s: asking again in %.1f s (at %s; --wait gives up in %.0f s)", e,
-                         pause, datetime.fromtimestamp(again).strftime("%H:%M:%S.%f")[:-3], left,
-                         extra={"event": "query_busy", "retry_in": round(pause, 3),
-                                "wait_left": round(left, 3)})
-                time.sleep(pause)
-                asked = time.monotonic()
+        header, asked = _fetch_waiting(args, req, sink, curve, progress, started)
         if progress is not None:
             progress.end()
         sink.commit()

@@ -39,6 +39,7 @@ from . import codec, config, frame
 from ._records import ffi as _rffi
 from ._records import lib as _rlib
 from .config import Option
+from .counters import init as init_counters
 from .logs import RateLimited
 
 log = logging.getLogger(__name__)
@@ -177,9 +178,8 @@ class RateController:
         self._deadline = float("inf")
         self._log = RateLimited(log, 10.0, clock)
         self.c = counters if counters is not None else {}
-        for k in ("dropped.hwm", "frames_dropped.hwm", "compressed_frames",
-                  "compressed_packets", "compressed_raw_bytes", "compressed_bytes"):
-            self.c.setdefault(k, 0)
+        init_counters(self.c, "dropped.hwm", "frames_dropped.hwm", "compressed_frames",
+                  "compressed_packets", "compressed_raw_bytes", "compressed_bytes")
 
     # -- the decisions -----------------------------------------------------------
     def offer(self, key: bytes, records: bytes | bytearray | memoryview, count: int,

@@ -29,6 +29,7 @@ import zmq
 
 from . import config, frame, listen, pcap, ratecontrol, runtime, security
 from .config import Option
+from .counters import init as init_counters
 from .logs import RateLimited
 from .metrics import Counters
 from .ratecontrol import Output, RateController
@@ -51,7 +52,7 @@ class OutStreams:
         self.instance = random.getrandbits(32) if instance is None else instance
         self.max_streams = max_streams
         self.c = counters
-        self.c.setdefault("out_streams_forgotten", 0)
+        init_counters(self.c, "out_streams_forgotten")
         self._next: dict[bytes, list[int]] = {}  # sender id -> [seq, pkt_seq], oldest first
 
     def frame(self, out: Output) -> bytes:
@@ -90,9 +91,8 @@ class Relay:
         self.rc = rc
         if rc is not None:
             rc.c = self.c
-            for k in ("dropped.hwm", "frames_dropped.hwm", "compressed_frames",
-                      "compressed_packets", "compressed_raw_bytes", "compressed_bytes"):
-                self.c.setdefault(k, 0)
+            init_counters(self.c, "dropped.hwm", "frames_dropped.hwm", "compressed_frames",
+                      "compressed_packets", "compressed_raw_bytes", "compressed_bytes")
         self.zmq_buffer = zmq_buffer
         self.linger = linger
         self._own_ctx = ctx is None
@@ -111,10 +111,9 @@ class Relay:
         self._thread: threading.Thread | None = None
         self.ready = threading.Event()
         self.error: BaseException | None = None
-        for k in ("frames_in", "packets_in", "bytes_in", "frames_out", "packets_out",
+        init_counters(self.c, "frames_in", "packets_in", "bytes_in", "frames_out", "packets_out",
                   "bytes_out", "dropped.malformed", "frames_dropped.malformed",
-                  "dropped.queue_full", "frames_dropped.queue_full"):
-            self.c.setdefault(k, 0)
+                  "dropped.queue_full", "frames_dropped.queue_full")
 
     # -- set-up ------------------------------------------------------------------
     def bind_in(self, endpoint: str) -> None:

@@ -49,6 +49,7 @@ from ._bpf import lib as _blib
 from ._records import ffi as _rffi
 from ._records import lib as _rlib
 from .bpf import Filter
+from .counters import init as init_counters
 from .metrics import Counters
 from .query.protocol import PIECE  # noqa: F401  (the largest data message)
 
@@ -166,8 +167,7 @@ class Ring:
         self.bytes = 0  # pcap bytes kept (records with their headers)
         self.records = 0
         self._seq = 0  # of the next chunk
-        for k in ("dropped.evicted", "bytes_dropped.evicted"):
-            self.c.setdefault(k, 0)
+        init_counters(self.c, "dropped.evicted", "bytes_dropped.evicted")
 
     # -- filling -------------------------------------------------------------
     def append(self, area, count: int) -> None:

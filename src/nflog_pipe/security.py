@@ -26,6 +26,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from . import config
 from .config import Option
+from .counters import init as init_counters
 from .errors import PipeError
 from .logs import RateLimited
 from .metrics import Counters
@@ -78,7 +79,7 @@ class AllowList:
     def __init__(self, directory: str, counters: Counters):
         self.directory = Path(directory)
         self.c = counters
-        self.c.setdefault("auth_refused", 0)
+        init_counters(self.c, "auth_refused")
         self._warn = RateLimited(log, 10.0)
         #: public key -> the file it came from
         self.keys: dict[bytes, str] = {}

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import zmq
 
+from .counters import init as init_counters
 from .frame import HEADER_SIZE, Frame, FrameError, decode, read_header
 from .logs import RateLimited
 from .metrics import Counters
@@ -84,9 +85,7 @@ class StreamTracker:
         self.log = log
         self._warn = warn or RateLimited(log, 10.0)
         self.streams: dict[tuple[str, int], SenderTrack] = {}
-        self.c.setdefault("dropped.transit", 0)
-        self.c.setdefault("streams_reset", 0)
-        self.c.setdefault("frames_rewound", 0)
+        init_counters(self.c, "dropped.transit", "streams_reset", "frames_rewound")
 
     def accept(self, data, peer: str = "") -> Frame | None:
         """A message from the network: the frame, validated, counted

@@ -49,6 +49,9 @@ def _names_in_code() -> dict[str, str]:
                 if target in ("c", "counters"):
                     keys += [a.value for a in node.args if isinstance(a, ast.Constant)
                              and isinstance(a.value, str)]
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                    node.func.id == "init_counters":
+                keys += [a.value for a in node.args if isinstance(a, ast.Constant)]
             elif isinstance(node, ast.For) and isinstance(node.iter, ast.Tuple | ast.List) and \
                     "setdefault" in ast.unparse(node.body[0]):
                 keys += [e.value for e in node.iter.elts if isinstance(e, ast.Constant)]

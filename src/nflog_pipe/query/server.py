@@ -12,6 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import zmq
 
 from nflog_pipe.bpf import COMPILE_TIMEOUT, Filter, FilterError, check_expression, compile_bounded
+from nflog_pipe.counters import init as init_counters
 from nflog_pipe.logs import RateLimited
 from nflog_pipe.metrics import Counters
 from nflog_pipe.ring import Ring, Selection
@@ -90,9 +91,8 @@ class QueryServer:
         self.wallclock = wallclock
         self.transfers: dict[bytes, Transfer] = {}
         self._warn = RateLimited(log, 10.0)
-        for k in ("query.requests", "query.served", "query.refused", "query.refused_memory",
-                  "query.timeouts", "query.aborted", "query.records_out", "query.bytes_out"):
-            self.c.setdefault(k, 0)
+        init_counters(self.c, "query.requests", "query.served", "query.refused", "query.refused_memory",
+                  "query.timeouts", "query.aborted", "query.records_out", "query.bytes_out")
 
     @staticmethod
     def configure(sock: zmq.Socket) -> None:

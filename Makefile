@@ -1,12 +1,13 @@
 # nflog-zmq-pcap-pipe
 #   make demo    set up (as root) and run the main job: NFLOG -> ZeroMQ -> FIFO -> Suricata
-#   make test    the whole test suite (system tests need root, as in CI)
+#   make test    the whole test suite (system tests need root, as in CI); one layer:
+#                make unit | integration | system | containers | fuzz-tests
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install deps test unit integration system demo bench fuzz lint clean images up down docker-ready check-fresh
+.PHONY: install deps test unit integration system containers fuzz-tests demo bench fuzz lint clean images up down docker-ready check-fresh
 
 # As root, the Debian packages come first (compiler, libnetfilter_log, iptables,
 # tcpdump, tshark, Suricata); then a virtualenv with the package and its commands.
@@ -35,6 +36,14 @@ integration: install
 
 system: install
 	$(BIN)/python -m pytest tests/system $(PYTEST_ARGS)
+
+# the Docker images, compose and manifests (root and a Docker engine; a few minutes)
+containers: install docker-ready
+	$(BIN)/python -m pytest tests/containers $(PYTEST_ARGS)
+
+# the fuzz targets' short CI run (the campaign is 'make fuzz')
+fuzz-tests: install
+	$(BIN)/python -m pytest tests/fuzz $(PYTEST_ARGS)
 
 demo: install
 	$(BIN)/python tools/demo.py

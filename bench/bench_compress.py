@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
 import struct
 import subprocess
@@ -42,6 +41,9 @@ from pathlib import Path
 import zmq
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "lib"))
+from testkit import free_port  # noqa: E402  (tools/lib/testkit.py)
+
 sys.path.insert(0, str(HERE.parent / "src"))
 from nflog_pipe import codec, frame, pcap  # noqa: E402
 
@@ -138,12 +140,6 @@ def bench_codecs(quick: bool) -> list[dict]:
 REC = 1024  # bytes per record in the latency runs (fixed: ts fields at known offsets)
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def cpu_seconds(pid: int) -> float:

@@ -42,7 +42,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -54,15 +53,12 @@ from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "lib"))
+from testkit import free_port  # noqa: E402  (tools/lib/testkit.py)
+
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # -- generator (runs as a separate process) ------------------------------------------------

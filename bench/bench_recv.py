@@ -31,7 +31,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -42,6 +41,9 @@ from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "lib"))
+from testkit import free_port  # noqa: E402  (tools/lib/testkit.py)
+
 sys.path.insert(0, str(HERE))
 from netns import CpuMeter  # noqa: E402
 
@@ -51,10 +53,6 @@ STATS_INTERVAL = 0.25
 WARMUP = 0.5
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- generator (a separate process) ---------------------------------------------------------

@@ -30,8 +30,13 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "lib"))
+import testkit  # noqa: E402  (tools/lib/testkit.py: shared with tests/lab.py, the demo)
 
 SINK_PORT_DEFAULT = 9999
 
@@ -84,15 +89,9 @@ class NetnsPair:
 
     def _setup(self):
         for n in (self.gw, self.sink):
-            _run(["ip", "netns", "add", n])
-        _run(["ip", "-n", self.gw, "link", "add", "veth-gw", "type", "veth",
-              "peer", "name", "veth-sink", "netns", self.sink])
-        for ns, dev, a4, a6 in (("gw", "veth-gw", self.gw4, self.gw6),
-                                ("sink", "veth-sink", self.sink4, self.sink6)):
-            self._ip(ns, "link", "set", "lo", "up")
-            self._ip(ns, "addr", "add", f"{a4}/24", "dev", dev)
-            self._ip(ns, "-6", "addr", "add", f"{a6}/64", "dev", dev, "nodad")
-            self._ip(ns, "link", "set", dev, "up")
+            testkit.add(n)
+        testkit.veth(self.gw, "veth-gw", self.sink, "veth-sink", [f"{self.gw4}/24", f"{self.gw6}/64"],
+                   [f"{self.sink4}/24", f"{self.sink6}/64"])
         # Static neighbour entries: no ARP/ND wait or unresolved-queue drops.
         mac = {}
         for ns, dev in (("gw", "veth-gw"), ("sink", "veth-sink")):
@@ -120,20 +119,13 @@ class NetnsPair:
     def teardown(self):
         """Kill whatever still runs in our namespaces (by PID), delete them."""
         for n in (self.gw, self.sink):
-            r = _run(["ip", "netns", "pids", n], check=False)
-            for pid in r.stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-        for n in (self.gw, self.sink):
-            _run(["ip", "netns", "del", n], check=False)
+            testkit.delete(n, kill=True)
 
     # -- running things --------------------------------------------------
     def argv(self, ns: str, argv: list[str]) -> list[str]:
         # `ip netns exec` execs the command in place: the Popen pid is the
         # command's pid (no intermediate process).
-        return ["ip", "netns", "exec", self.ns(ns), *argv]
+        return testkit.exec_argv(self.ns(ns), argv)
 
     def exec_check(self, ns, argv):
         return _run(self.argv(ns, argv))

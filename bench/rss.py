@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tools", "lib"))
 from netns import NetnsPair, stop_process  # noqa: E402
+from testkit import free_port as _free_port  # noqa: E402  (tools/lib/testkit.py)
 
 from bench import _project, build, log_totals, start_sender  # noqa: E402
 
@@ -117,12 +118,6 @@ def sender_receiver_stopped(a) -> dict:
                 p.send_signal(signal.SIGCONT)
                 stop_process(p, timeout=2)
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def receiver_window(a, reader_stopped: bool, extra: list[str] = (), label: str = "") -> dict:

@@ -22,13 +22,19 @@ def lab(tmp_path):
         lab.close()
 
 
+#: the test layers, by directory (a marker each: ``pytest -m unit`` etc.; ``make unit``...)
+LAYERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration,
+          "system": pytest.mark.system, "containers": pytest.mark.containers,
+          "fuzz": pytest.mark.fuzz}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = Path(str(item.fspath)).parts
-        if "system" in parts:
-            item.add_marker(pytest.mark.system)
-        elif "integration" in parts:
-            item.add_marker(pytest.mark.integration)
+        for layer, mark in LAYERS.items():
+            if layer in parts[-3:-1]:
+                item.add_marker(mark)
+                break
 
 
 @pytest.fixture(autouse=True)

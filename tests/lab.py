@@ -21,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 _ids = itertools.count()
+sys.path.insert(0, str(ROOT / "tools" / "lib"))
+import testkit  # noqa: E402  (tools/lib/testkit.py: shared with bench/ and the demo)
 
 
 def tool(name: str) -> str:
@@ -31,8 +33,10 @@ def tool(name: str) -> str:
     return str(p)
 
 
-def run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
+run = testkit.run
+free_port = testkit.free_port
+#: the sample packet of the tests: IPv4 UDP, 29 bytes
+PKT = testkit.IPV4_UDP
 
 
 class Daemon:
@@ -94,14 +98,13 @@ class Netns:
     def __init__(self, lab: Lab, role: str):
         self.name = f"nzpt{os.getpid() % 100000}x{next(_ids)}{role[:4]}"
         self.lab = lab
-        run("ip", "netns", "add", self.name)
-        self.exec("ip", "link", "set", "lo", "up")
+        testkit.add(self.name)
 
     def exec(self, *cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-        return run("ip", "netns", "exec", self.name, *cmd, check=check, **kw)
+        return run(*testkit.exec_argv(self.name, cmd), check=check, **kw)
 
     def prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.name]
+        return testkit.exec_argv(self.name, [])
 
     def iptables(self, *rule: str, v6: bool = False) -> None:
         self.exec("ip6tables" if v6 else "iptables", *rule)
@@ -128,13 +131,8 @@ class Link:
         self.a4, self.b4 = f"10.231.{index}.1", f"10.231.{index}.2"
         self.a6, self.b6 = f"fd00:231:{index}::1", f"fd00:231:{index}::2"
         ia, ib = f"nzv{index}a{os.getpid() % 1000}", f"nzv{index}b{os.getpid() % 1000}"
-        run("ip", "link", "add", ia, "netns", a.name, "type", "veth", "peer", "name", ib,
-            "netns", b.name)
-        for ns, dev, v4, v6 in ((a, ia, self.a4, self.a6), (b, ib, self.b4, self.b6)):
-            if self.v4:
-                ns.exec("ip", "addr", "add", f"{v4}/30", "dev", dev)
-            ns.exec("ip", "addr", "add", f"{v6}/64", "dev", dev, "nodad")
-            ns.exec("ip", "link", "set", dev, "up")
+        testkit.veth(a.name, ia, b.name, ib,
+                   [f"{self.a4}/30"] * v4 + [f"{self.a6}/64"], [f"{self.b4}/30"] * v4 + [f"{self.b6}/64"])
         self.dev_a, self.dev_b = ia, ib
 
 
@@ -229,8 +227,7 @@ class Lab:
                 os.kill(p.pid, signal.SIGKILL)
                 p.wait()
         for ns in self.ns:
-            run("ip", "netns", "del", ns.name, check=False)
-            shutil.rmtree(Path("/etc/netns") / ns.name, ignore_errors=True)
+            testkit.delete(ns.name)
 
 
 def send_udp(ns: Netns, dst: str, port: int, payloads_file: Path, pace: int = 200,
@@ -242,13 +239,6 @@ def send_udp(ns: Netns, dst: str, port: int, payloads_file: Path, pace: int = 20
                 str(payloads_file), str(pace), str(src_port), str(rate), timeout=timeout)
     return int(r.stdout.strip())
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for loopback tests)."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(cond, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):

@@ -25,13 +25,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "tools" / "lib"))
+import testkit  # noqa: E402  (tools/lib/testkit.py: shared with tests/lab.py, bench/)
+
 RULES = ROOT / "services" / "ids" / "rules" / "nflog-pipe.rules"
 GW, IDS = f"nzpdemo-gw-{os.getpid()}", f"nzpdemo-ids-{os.getpid()}"
 GW4, IDS4, GW6, IDS6 = "10.77.7.1", "10.77.7.2", "fd00:77:7::1", "fd00:77:7::2"
 
 
 def sh(*cmd: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
+    full = (testkit.exec_argv(ns, []) if ns else []) + list(cmd)
     return subprocess.run(full, check=check, capture_output=True, text=True)
 
 
@@ -67,15 +70,10 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     try:
         step("network namespaces: gateway and ids, joined by a veth pair")
-        sh("ip", "netns", "add", GW)
-        sh("ip", "netns", "add", IDS)
-        sh("ip", "link", "add", "nzpdemo0", "netns", GW, "type", "veth", "peer", "name",
-           "nzpdemo1", "netns", IDS)
-        for ns, dev, a4, a6 in ((GW, "nzpdemo0", GW4, GW6), (IDS, "nzpdemo1", IDS4, IDS6)):
-            sh("ip", "addr", "add", f"{a4}/24", "dev", dev, ns=ns)
-            sh("ip", "addr", "add", f"{a6}/64", "dev", dev, "nodad", ns=ns)
-            sh("ip", "link", "set", dev, "up", ns=ns)
-            sh("ip", "link", "set", "lo", "up", ns=ns)
+        testkit.add(GW)
+        testkit.add(IDS)
+        testkit.veth(GW, "nzpdemo0", IDS, "nzpdemo1", [f"{GW4}/24", f"{GW6}/64"],
+                   [f"{IDS4}/24", f"{IDS6}/64"])
 
         step("gateway: NFLOG rules for UDP to port 5353 (group 0 IPv4, group 1 IPv6)")
         sh("iptables", "-I", "OUTPUT", "-d", IDS4, "-p", "udp", "--dport", "5353", "-j", "NFLOG",
@@ -141,7 +139,7 @@ def main() -> int:
                 p.kill()
                 p.wait()
         for ns in (GW, IDS):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            testkit.delete(ns)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

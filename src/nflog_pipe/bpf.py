@@ -16,13 +16,12 @@ import subprocess
 import sys
 
 from ._bpf import ffi, lib
+from .errors import PipeError
 from .pcap import SNAPLEN
-
-#: longest filter expression accepted (queries come from the network)
-MAX_EXPRESSION = 2048
+from .query.protocol import MAX_EXPRESSION  # noqa: F401  (a limit of the query protocol)
 
 
-class FilterError(ValueError):
+class FilterError(PipeError, ValueError):
     """An expression libpcap refuses, with libpcap's message."""
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import zlib
 
+from .errors import PipeError
+
 try:
     import zstandard
 except ImportError:  # the codec is then refused with a clear message
@@ -37,13 +39,12 @@ LEVELS = {ZLIB: (1, 9), ZSTD: (1, 19)}
 DEFAULT_LEVEL = {ZLIB: 6, ZSTD: 3}
 
 
-class CodecError(ValueError):
+class CodecError(PipeError, ValueError):
     """A payload that must be rejected.  ``kind``: ``codec`` (unknown or not
     available here) or ``decompress`` (does not expand to the announced size)."""
 
     def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
+        super().__init__(message, kind)
 
 
 def available(codec: int) -> bool:

@@ -14,7 +14,7 @@ import os
 import re
 import socket
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 ENV_PREFIX = "NFLOG_PIPE_"
@@ -33,7 +33,6 @@ class Option:
     flag: bool = False  # a switch (store_true)
     choices: tuple[str, ...] | None = None
     required: bool = False
-    extra: dict = field(default_factory=dict)
     #: an option of the original tool that cannot keep its meaning: using it
     #: (or its variable) is a one-line error with this text, naming the
     #: replacement (docs/migration.md)
@@ -117,7 +116,6 @@ def mib(hi: float, lo: float = 1 / 64, zero: bool = False):
     return number(float, lo, hi, or_zero=zero, what="size in MiB")
 
 
-nonneg_int = count(0, 2**31 - 1)
 positive_int = count(1, 2**31 - 1)
 nonneg_float = number(float, 0.0, 1e9)
 positive_float = number(float, 0.0, 1e9, above=True)

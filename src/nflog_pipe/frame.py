@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import codec as _codec
 from . import pcap
 from ._records import ffi as _rffi
 from ._records import lib as _rlib
+from .errors import PipeError
 
 MAGIC = b"NZPF"
 VERSION = 1
+#: the frame header, little-endian, in wire order (docs/frame-format.md); ``Header`` names
+#: its fields. The one definition: the sender packs it in place with it, the relays pack
+#: it through ``Header.pack``, ``read_header`` and ``decode`` read it.
 HEADER = struct.Struct("<4sBBBBIIQQII")
 HEADER_SIZE = HEADER.size  # 40
 
@@ -34,18 +39,17 @@ MAX_SENDER_ID = 255
 MAX_FRAME = 64 * 1024 * 1024
 #: Largest record area a frame may announce (bounds decompression).
 MAX_RAW = 64 * 1024 * 1024
-MAX_RECORDS = MAX_RAW // pcap.RECORD_HEADER.size
+MAX_RECORDS = MAX_RAW // pcap.RECORD_HEADER_SIZE
 #: the most a compressed payload can expand (deflate's limit, 1032:1): bounds
 #: the records a rejected compressed frame is counted for
 MAX_EXPANSION = 1032
 
 
-class FrameError(ValueError):
+class FrameError(PipeError, ValueError):
     """A frame that must be rejected whole.  ``kind`` names the check."""
 
     def __init__(self, kind: str, message: str, count: int | None = None):
-        super().__init__(message)
-        self.kind = kind
+        super().__init__(message, kind)
         #: records the frame announced, when its header could be read
         self.count = count
 
@@ -67,6 +71,37 @@ class Frame:
         return len(self.records)
 
 
+class Header(NamedTuple):
+    """The fields of ``HEADER``, in wire order; the sender id follows on the wire."""
+
+    magic: bytes
+    version: int
+    flags: int
+    codec: int
+    id_len: int
+    instance: int
+    count: int
+    seq: int
+    pkt_seq: int
+    raw_len: int
+    payload_len: int
+
+    @classmethod
+    def new(cls, sender_id: bytes, *, instance: int, count: int, seq: int, pkt_seq: int,
+            raw_len: int, payload_len: int, flags: int = 0, codec: int = CODEC_NONE) -> Header:
+        return cls(MAGIC, VERSION, flags, codec, len(sender_id), instance, count, seq, pkt_seq,
+                   raw_len, payload_len)
+
+    def pack(self, sender_id: bytes) -> bytes:
+        """The header and the sender id, as they go on the wire."""
+        return HEADER.pack(*self) + sender_id
+
+
+def read_header(data) -> Header:
+    """The header's fields, unchecked (``decode`` checks them)."""
+    return Header._make(HEADER.unpack_from(data))
+
+
 def pack_header(
     sender_id: bytes,
     instance: int,
@@ -78,10 +113,10 @@ def pack_header(
     flags: int = 0,
     codec: int = CODEC_NONE,
 ) -> bytes:
-    return HEADER.pack(
-        MAGIC, VERSION, flags, codec, len(sender_id), instance, count, seq, pkt_seq,
-        raw_len, payload_len,
-    ) + sender_id
+    """Positional form of ``Header.new(...).pack`` (argument order is not wire order)."""
+    return Header.new(sender_id, instance=instance, count=count, seq=seq, pkt_seq=pkt_seq,
+                      raw_len=raw_len, payload_len=payload_len, flags=flags,
+                      codec=codec).pack(sender_id)
 
 
 def encode(
@@ -131,16 +166,16 @@ def decode(buf: bytes | memoryview) -> Frame:
     if n < HEADER_SIZE:
         raise FrameError("short", f"frame of {n} bytes is shorter than the {HEADER_SIZE}-byte header")
     (magic, version, flags, codec, id_len, instance, count, seq, pkt_seq, raw_len,
-     payload_len) = HEADER.unpack_from(mv)
+     payload_len) = read_header(mv)
     # the count reported with a rejection (packets known lost): only one that
     # fits the announced area, and at most the records the bytes actually
     # received could hold: a forged header must not inflate the counters
     told = None
-    if count * pcap.RECORD_HEADER.size <= raw_len <= MAX_RAW:
+    if count * pcap.RECORD_HEADER_SIZE <= raw_len <= MAX_RAW:
         room = max(0, n - HEADER_SIZE - id_len)
         if flags & FLAG_COMPRESSED:
             room *= MAX_EXPANSION
-        told = min(count, room // pcap.RECORD_HEADER.size)
+        told = min(count, room // pcap.RECORD_HEADER_SIZE)
     if magic != MAGIC:
         raise FrameError("magic", f"bad magic {bytes(magic)!r} (not an nflog-pipe frame)")
     if version != VERSION:
@@ -153,7 +188,7 @@ def decode(buf: bytes | memoryview) -> Frame:
     if n != HEADER_SIZE + id_len + payload_len:
         raise FrameError(
             "length", f"frame is {n} bytes, header announces {HEADER_SIZE + id_len + payload_len}", told)
-    if count * pcap.RECORD_HEADER.size > raw_len:
+    if count * pcap.RECORD_HEADER_SIZE > raw_len:
         raise FrameError("count", f"{count} records cannot fit in {raw_len} bytes", told)
     try:
         sender_id = bytes(mv[HEADER_SIZE : HEADER_SIZE + id_len]).decode()

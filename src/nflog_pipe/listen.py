@@ -23,6 +23,7 @@ import resource
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from .counters import init as init_counters
 from .logs import RateLimited
 from .metrics import Counters
 
@@ -64,9 +65,8 @@ class Monitor:
         self.c = counters
         self.pair = sock.get_monitor_socket(EVENTS)
         self._warn = RateLimited(log, 60.0)
-        for k in ("connections.accepted", "connections.closed", "handshakes.failed",
-                  "handshakes.succeeded", "connections.accept_failed"):
-            self.c.setdefault(k, 0)
+        init_counters(self.c, "connections.accepted", "connections.closed", "handshakes.failed",
+                  "handshakes.succeeded", "connections.accept_failed")
 
     def poll(self) -> int:
         """Read the events that are there (never waits); returns how many."""

@@ -16,11 +16,10 @@ import socket
 import struct
 
 from ._nflog import ffi, lib
+from .errors import PipeError
 
 log = logging.getLogger(__name__)
 
-SOL_NETLINK = 270
-NETLINK_NO_ENOBUFS = 5
 SO_RCVBUFFORCE = 33
 SO_MEMINFO = 55
 #: The kernel's per-group batch buffer: NLMSG_GOODSIZE .. 128 KiB.  Values
@@ -32,7 +31,7 @@ KBUFSIZ_MAX = 131072
 RECV_BUFSIZE = 256 * 1024
 
 
-class NflogError(OSError):
+class NflogError(OSError, PipeError):
     """A libnetfilter_log call failed; ``errno`` and the call are kept."""
 
     def __str__(self) -> str:
@@ -67,8 +66,11 @@ class NflogReader:
         if len(groups) > lib.NZP_MAX_GROUPS:
             raise NflogError(errno.EINVAL, f"at most {lib.NZP_MAX_GROUPS} groups per process")
         self.groups = list(groups)
-        self.qthresh = qthresh
+        self._qthresh = qthresh
         self._ctl_fd: int | None = None
+        #: the controller's reports (group, qthresh applied or 0), read before each request
+        self._ctl_status: int | None = None
+        self._ctl_partial = b""
         self._ctl_pid = 0
         self.rcvbuf_max = max(rcvbuf_max, rcvbuf)
         self._gh: list = []
@@ -183,7 +185,9 @@ class NflogReader:
         reader's groups, and the receive buffer up to ``rcvbuf_max``.  Call
         before any thread exists and before dropping the parent's
         privileges."""
-        r, w = os.pipe()
+        # one stream socketpair: commands to the child, its reports back
+        pw, pr = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        w, r = pw.detach(), pr.detach()
         groups = ffi.new("uint16_t[]", self.groups)
         pid = os.fork()
         if pid == 0:  # child: C only from here, never returns into Python code
@@ -202,22 +206,48 @@ class NflogReader:
         os.close(r)
         os.set_blocking(w, False)
         self._ctl_fd, self._ctl_pid = w, pid
+        self._ctl_status, self._ctl_partial = w, b""
         return pid
+
+    @property
+    def qthresh(self) -> int | None:
+        """The queue threshold last set; None once the kernel refused one (unknown)."""
+        self._read_reports()
+        return self._qthresh
 
     def set_qthresh(self, qthresh: int) -> bool:
         """Ask the controller to set every group's queue threshold."""
         if self._ctl_fd is None:
             return False
+        self._read_reports()
         try:
             os.write(self._ctl_fd, b"".join(struct.pack("=II", g, qthresh) for g in self.groups))
         except OSError as e:  # controller gone: stay at the current setting
             log.warning("kernel batch size controller unavailable: %s", e.strerror)
             self._stop_controller()
             return False
-        self.qthresh = qthresh
+        self._qthresh = qthresh
         return True
 
+    def _read_reports(self) -> None:
+        """The controller's results of earlier requests: a threshold the kernel did not
+        take (sendto failed) is not the current one."""
+        try:
+            data = os.read(self._ctl_status, 4096) if self._ctl_status is not None else b""
+        except OSError:  # nothing yet (EAGAIN), or the controller gone
+            return
+        data = self._ctl_partial + data
+        whole = len(data) // 8 * 8
+        self._ctl_partial = data[whole:]
+        for group, applied in struct.iter_unpack("=II", data[:whole]):
+            if applied == 0:
+                log.warning("the kernel refused a batch size change for group %d; the "
+                            "threshold stays unknown until the next change succeeds", group,
+                            extra={"event": "qthresh_failed", "group": group})
+                self._qthresh = None
+
     def _stop_controller(self) -> None:
+        self._ctl_status = None  # the same socket as _ctl_fd
         if self._ctl_fd is not None:
             os.close(self._ctl_fd)
             self._ctl_fd = None

@@ -17,6 +17,8 @@ MAGIC_USEC = 0xA1B2C3D4
 LINKTYPE_RAW = 101
 SNAPLEN = 262144
 RECORD_HEADER = struct.Struct("<IIII")  # ts_sec, ts_usec, caplen, origlen
+#: the record header size; in C, NZP_REC_HDR (_native/record.h)
+RECORD_HEADER_SIZE = RECORD_HEADER.size  # 16
 GLOBAL_HEADER = struct.Struct("<IHHiIII")
 
 
@@ -64,11 +66,11 @@ def iter_records(area: bytes | memoryview, swap: bool = False) -> Iterator[Recor
     fmt = struct.Struct(">IIII") if swap else RECORD_HEADER
     mv = memoryview(area)
     off = 0
-    while off + 16 <= len(mv):
+    while off + RECORD_HEADER_SIZE <= len(mv):
         sec, usec, caplen, origlen = fmt.unpack_from(mv, off)
-        off += 16
+        off += RECORD_HEADER_SIZE
         if off + caplen > len(mv):
-            raise ValueError(f"truncated record at offset {off - 16}")
+            raise ValueError(f"truncated record at offset {off - RECORD_HEADER_SIZE}")
         yield Record(sec, usec, origlen, bytes(mv[off : off + caplen]))
         off += caplen
     if off != len(mv):

@@ -13,9 +13,11 @@ import grp
 import os
 import pwd
 
+from .errors import PipeError
 
-class PrivilegeError(RuntimeError):
-    pass
+
+class PrivilegeError(PipeError, RuntimeError):
+    """A user, group or capability change that cannot be made."""
 
 
 def _id(text: str) -> int | None:

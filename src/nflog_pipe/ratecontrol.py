@@ -39,6 +39,7 @@ from . import codec, config, frame
 from ._records import ffi as _rffi
 from ._records import lib as _rlib
 from .config import Option
+from .counters import init as init_counters
 from .logs import RateLimited
 
 log = logging.getLogger(__name__)
@@ -177,9 +178,8 @@ class RateController:
         self._deadline = float("inf")
         self._log = RateLimited(log, 10.0, clock)
         self.c = counters if counters is not None else {}
-        for k in ("dropped.hwm", "dropped.hwm_frames", "compressed_frames",
-                  "compressed_packets", "compressed_raw_bytes", "compressed_bytes"):
-            self.c.setdefault(k, 0)
+        init_counters(self.c, "dropped.hwm", "frames_dropped.hwm", "compressed_frames",
+                  "compressed_packets", "compressed_raw_bytes", "compressed_bytes")
 
     # -- the decisions -----------------------------------------------------------
     def offer(self, key: bytes, records: bytes | bytearray | memoryview, count: int,
@@ -201,7 +201,7 @@ class RateController:
                                   event="hwm_drop",
                                   rate_mib_s=round(self.meter.rate(now) / MiB, 3))
                 if k == 0:
-                    self.c["dropped.hwm_frames"] += 1
+                    self.c["frames_dropped.hwm"] += 1
                     return out
                 records, count, n = memoryview(records)[:size], k, size
             self.bucket.spend(n)
@@ -312,7 +312,7 @@ def from_options(args, counters: dict | None = None) -> RateController:
     if args.lwm and args.hwm and args.hwm < args.lwm:
         raise ValueError(f"--hwm {args.hwm:g} is below --lwm {args.lwm:g}")
     level = getattr(args, "compress_level", None)
-    cdc = args.codec if isinstance(args.codec, int) else codec.parse_name(args.codec)
+    cdc = args.codec  # an int: argparse applies _codec_name to the default too
     try:
         level = codec.check(cdc, level)
     except ValueError as e:

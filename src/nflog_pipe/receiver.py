@@ -14,6 +14,7 @@ from this loop in bounded steps and never hold up the live output.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -26,7 +27,8 @@ from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
 from .output import PcapOutput
-from .query import QueryServer, buffer_endpoint
+from .query.protocol import buffer_endpoint
+from .query.server import QueryServer
 from .ring import Ring, tune_malloc
 from .tap import Tap, tap_endpoint
 from .tracking import StreamTracker, drain
@@ -97,10 +99,9 @@ class Receiver:
         self.tap = tap
         self._warn = RateLimited(log, 10.0)
         self.tracker = StreamTracker(counters, log, self._warn)
-        self.senders = self.tracker.streams
         self.per_sender = self.tracker.per_sender
         for k in ("frames_in", "packets_in", "bytes_in", "dropped.malformed",
-                  "dropped.malformed_frames", "dropped.transit"):
+                  "frames_dropped.malformed", "dropped.transit"):
             self.c.setdefault(k, 0)
 
     def handle(self, data: memoryview, peer: str = "") -> frame.Frame | None:
@@ -207,6 +208,71 @@ def _closed(fd: int) -> bool:
     return False
 
 
+def _exposed(args, curve) -> int | None:
+    """Refuse (the exit code) to expose the buffer or the tap beyond loopback unprotected."""
+    if args.insecure_bind:
+        return None
+    if args.buffer_interface and not curve and not security.is_loopback(args.buffer_interface):
+        return runtime.fatal("--buffer-interface %s is not loopback and has no CURVE keys: "
+                             "anyone reaching it could read the buffered traffic (give "
+                             "--curve-secret-key/--curve-allow, or --insecure-bind)",
+                             args.buffer_interface)
+    if args.tap and not security.is_loopback(f"tcp://{args.tap[0]}:{args.tap[1]}"):
+        return runtime.fatal("--tap %s:%d is not loopback: PCAP-over-IP clients cannot "
+                             "authenticate (use an SSH tunnel, or --insecure-bind)", *args.tap)
+    return None
+
+
+def _listen(ctx, stack: contextlib.ExitStack, args, curve, counters, monitors) -> zmq.Socket:
+    """The data socket, bound (raises zmq.ZMQError); closed by ``stack``."""
+    pull = ctx.socket(zmq.PULL)
+    stack.callback(pull.close)
+    pull.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
+    if curve:
+        curve.server(pull)
+    pull.rcvhwm = args.zmq_buffer
+    pull.maxmsgsize = frame.MAX_FRAME
+    pull.linger = 0
+    listen.harden(pull)
+    monitors.append(listen.Monitor(pull, counters, f"data socket {args.src}"))
+    stack.callback(monitors[-1].close)  # before its socket
+    pull.bind(args.src)
+    return pull
+
+
+def _serve_buffer(ctx, stack: contextlib.ExitStack, args, curve, counters,
+                  monitors) -> tuple[Ring, QueryServer]:
+    """The --buffer-window ring and its query server, bound (raises zmq.ZMQError)."""
+    ring = Ring(int(args.buffer_window * 2**20), counters)
+    tune_malloc()
+    router = ctx.socket(zmq.ROUTER)
+    stack.callback(router.close)
+    router.ipv6 = True
+    if curve:
+        curve.server(router)
+    QueryServer.configure(router)
+    listen.harden(router)
+    monitors.append(listen.Monitor(router, counters, f"buffer interface {args.buffer_interface}"))
+    stack.callback(monitors[-1].close)  # before its socket
+    router.bind(args.buffer_interface)
+    queries = QueryServer(router, ring, counters, args.buffer_timeout, args.buffer_clients,
+                          args.buffer_rate * 2**20)
+    stack.callback(queries.close)
+    return ring, queries
+
+
+def _gauges(output, ring, queries, tap):
+    def gauges() -> dict:
+        g = {"output_pending_bytes": output.pending_bytes}
+        if ring is not None:
+            g.update(buffer_bytes=ring.bytes, buffer_packets=ring.records,
+                     query_active=len(queries.transfers), query_inflight=queries.owed_total)
+        if tap is not None:
+            g["tap_clients"] = len(tap.clients)
+        return g
+    return gauges
+
+
 def main(argv: list[str] | None = None) -> int:
     args = config.parse_args("nflog-pcap-recv", __doc__.split("\n\n")[0], OPTIONS, argv)
     runtime.ignore_hangup()
@@ -219,102 +285,59 @@ def main(argv: list[str] | None = None) -> int:
         curve = security.Curve.from_args(args, counters, client=False, server=True)
     except security.SecurityError as e:
         return runtime.fatal("%s", e)
-    if not args.insecure_bind:
-        if args.buffer_interface and not curve and not security.is_loopback(args.buffer_interface):
-            return runtime.fatal("--buffer-interface %s is not loopback and has no CURVE keys: "
-                                 "anyone reaching it could read the buffered traffic (give "
-                                 "--curve-secret-key/--curve-allow, or --insecure-bind)",
-                                 args.buffer_interface)
-        if args.tap and not security.is_loopback(f"tcp://{args.tap[0]}:{args.tap[1]}"):
-            return runtime.fatal("--tap %s:%d is not loopback: PCAP-over-IP clients cannot "
-                                 "authenticate (use an SSH tunnel, or --insecure-bind)", *args.tap)
+    refused = _exposed(args, curve)
+    if refused is not None:
+        return refused
     if args.dst == "-" and (sys.stdout is None or _closed(1)):
         return runtime.fatal("DST is - but standard output is closed")
     try:
         output = PcapOutput(args.dst, counters, int(args.output_buffer * 2**20), args.fifo_create)
     except OSError as e:
         return runtime.fatal("cannot use output %s: %s", args.dst, e.strerror or e)
-    ctx = zmq.Context(1)
-    if curve:  # the authenticator runs before anything is bound
-        curve.start(ctx)
-    pull = ctx.socket(zmq.PULL)
-    pull.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
-    if curve:
-        curve.server(pull)
-    pull.rcvhwm = args.zmq_buffer
-    pull.maxmsgsize = frame.MAX_FRAME
-    pull.linger = 0
-    listen.harden(pull)
-    monitors = [listen.Monitor(pull, counters, f"data socket {args.src}")]
-    try:
-        pull.bind(args.src)
-    except zmq.ZMQError as e:
-        return runtime.fatal("cannot bind %s: %s", args.src, e)
-    ring = queries = tap = None
-    if args.buffer_interface:
-        ring = Ring(int(args.buffer_window * 2**20), counters)
-        tune_malloc()
-        router = ctx.socket(zmq.ROUTER)
-        router.ipv6 = True
-        if curve:
-            curve.server(router)
-        QueryServer.configure(router)
-        listen.harden(router)
-        monitors.append(listen.Monitor(router, counters, f"buffer interface {args.buffer_interface}"))
+    rt = recv = None
+    # cleanup in reverse order of set-up, on every path (fatal ones too): monitors,
+    # tap, queries, sockets, output, the authenticator, the context; then the totals
+    with contextlib.ExitStack() as stack:
+        ctx = zmq.Context(1)
+        stack.callback(ctx.term)
+        if curve:  # the authenticator runs before anything is bound
+            curve.start(ctx)
+            stack.callback(curve.stop)
+        stack.callback(output.close)
+        monitors: list[listen.Monitor] = []
         try:
-            router.bind(args.buffer_interface)
+            pull = _listen(ctx, stack, args, curve, counters, monitors)
         except zmq.ZMQError as e:
-            router.close()
-            pull.close()
-            return runtime.fatal("cannot bind --buffer-interface %s: %s", args.buffer_interface, e)
-        queries = QueryServer(router, ring, counters, args.buffer_timeout, args.buffer_clients,
-                              args.buffer_rate * 2**20)
-    if args.tap:
+            return runtime.fatal("cannot bind %s: %s", args.src, e)
+        ring = queries = tap = None
+        if args.buffer_interface:
+            try:
+                ring, queries = _serve_buffer(ctx, stack, args, curve, counters, monitors)
+            except zmq.ZMQError as e:
+                return runtime.fatal("cannot bind --buffer-interface %s: %s",
+                                     args.buffer_interface, e)
+        if args.tap:
+            try:
+                tap = Tap(args.tap, counters, int(args.tap_buffer * 2**20), args.tap_clients)
+            except OSError as e:
+                return runtime.fatal("cannot listen on --tap %s:%d: %s", *args.tap,
+                                     e.strerror or e)
+            stack.callback(tap.close)
+        rt = runtime.Runtime(SERVICE, args, counters, gauges=_gauges(output, ring, queries, tap))
+        rt.install_signals()
+        if curve and curve.allow:
+            rt.on_reload("CURVE allow-list", curve.allow.reload)
+        log.info("started", extra={"event": "start", "src": args.src, "dst": args.dst,
+                                   "output": output.kind, "buffer_interface": args.buffer_interface,
+                                   "curve": bool(curve), **limits,
+                                   "buffer_window_bytes": ring.window if ring else None,
+                                   "tap": f"{tap.address[0]}:{tap.address[1]}" if tap else None})
         try:
-            tap = Tap(args.tap, counters, int(args.tap_buffer * 2**20), args.tap_clients)
-        except OSError as e:
-            if queries is not None:
-                queries.sock.close()
-            pull.close()
-            return runtime.fatal("cannot listen on --tap %s:%d: %s", *args.tap, e.strerror or e)
-
-    def gauges() -> dict:
-        g = {"output_pending_bytes": output.pending_bytes}
-        if ring is not None:
-            g.update(buffer_bytes=ring.bytes, buffer_packets=ring.records,
-                     query_active=len(queries.transfers), query_inflight=queries.owed_total)
-        if tap is not None:
-            g["tap_clients"] = len(tap.clients)
-        return g
-
-    rt = runtime.Runtime(SERVICE, args, counters, gauges=gauges)
-    rt.install_signals()
-    if curve and curve.allow:
-        rt.on_reload("CURVE allow-list", curve.allow.reload)
-    log.info("started", extra={"event": "start", "src": args.src, "dst": args.dst,
-                               "output": output.kind, "buffer_interface": args.buffer_interface,
-                               "curve": bool(curve), **limits,
-                               "buffer_window_bytes": ring.window if ring else None,
-                               "tap": f"{tap.address[0]}:{tap.address[1]}" if tap else None})
-    recv = None
-    try:
-        recv = run(args, rt, pull, output, ring, queries, tap, monitors)
-    finally:
-        for m in monitors:
-            m.close()
-        output.close()
-        if queries is not None:
-            queries.close()
-            queries.sock.close()
-        if tap is not None:
-            tap.close()
-        pull.close()
-        if curve:
-            curve.stop()
-        ctx.term()
-        rt.finish(senders=recv.per_sender() if recv else {})
+            recv = run(args, rt, pull, output, ring, queries, tap, monitors)
+        finally:
+            stack.close()
+            rt.finish(senders=recv.per_sender() if recv else {})
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

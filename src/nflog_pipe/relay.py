@@ -27,8 +27,9 @@ import time
 
 import zmq
 
-from . import config, frame, listen, ratecontrol, runtime, security
+from . import config, frame, listen, pcap, ratecontrol, runtime, security
 from .config import Option
+from .counters import init as init_counters
 from .logs import RateLimited
 from .metrics import Counters
 from .ratecontrol import Output, RateController
@@ -51,15 +52,16 @@ class OutStreams:
         self.instance = random.getrandbits(32) if instance is None else instance
         self.max_streams = max_streams
         self.c = counters
-        self.c.setdefault("out_streams_forgotten", 0)
+        init_counters(self.c, "out_streams_forgotten")
         self._next: dict[bytes, list[int]] = {}  # sender id -> [seq, pkt_seq], oldest first
 
     def frame(self, out: Output) -> bytes:
         seq, pkt_seq = self._next.get(out.key) or (0, 0)
         flags = frame.FLAG_COMPRESSED if out.codec != frame.CODEC_NONE else 0
-        hdr = frame.pack_header(out.key, self.instance, seq, pkt_seq, out.count, out.raw_len,
-                                len(out.payload), flags, out.codec)
-        return b"".join((hdr, out.payload))
+        hdr = frame.Header.new(out.key, instance=self.instance, count=out.count, seq=seq,
+                               pkt_seq=pkt_seq, raw_len=out.raw_len, payload_len=len(out.payload),
+                               flags=flags, codec=out.codec)
+        return b"".join((hdr.pack(out.key), out.payload))
 
     def sent(self, out: Output) -> None:
         nxt = self._next.pop(out.key, None)  # re-inserted last: most recently used
@@ -89,9 +91,8 @@ class Relay:
         self.rc = rc
         if rc is not None:
             rc.c = self.c
-            for k in ("dropped.hwm", "dropped.hwm_frames", "compressed_frames",
-                      "compressed_packets", "compressed_raw_bytes", "compressed_bytes"):
-                self.c.setdefault(k, 0)
+            init_counters(self.c, "dropped.hwm", "frames_dropped.hwm", "compressed_frames",
+                      "compressed_packets", "compressed_raw_bytes", "compressed_bytes")
         self.zmq_buffer = zmq_buffer
         self.linger = linger
         self._own_ctx = ctx is None
@@ -110,10 +111,9 @@ class Relay:
         self._thread: threading.Thread | None = None
         self.ready = threading.Event()
         self.error: BaseException | None = None
-        for k in ("frames_in", "packets_in", "bytes_in", "frames_out", "packets_out",
-                  "bytes_out", "dropped.malformed", "dropped.malformed_frames",
-                  "dropped.queue_full", "dropped.queue_full_frames"):
-            self.c.setdefault(k, 0)
+        init_counters(self.c, "frames_in", "packets_in", "bytes_in", "frames_out", "packets_out",
+                  "bytes_out", "dropped.malformed", "frames_dropped.malformed",
+                  "dropped.queue_full", "frames_dropped.queue_full")
 
     # -- set-up ------------------------------------------------------------------
     def bind_in(self, endpoint: str) -> None:
@@ -175,14 +175,14 @@ class Relay:
             self.push.send(self.out.frame(out), zmq.NOBLOCK)
         except zmq.Again:
             c["dropped.queue_full"] += out.count
-            c["dropped.queue_full_frames"] += 1
+            c["frames_dropped.queue_full"] += 1
             self._warn.warning("queue_full", "output queue full: frames dropped",
                                event="queue_full")
             return
         self.out.sent(out)
         c["frames_out"] += 1
         c["packets_out"] += out.count
-        c["bytes_out"] += out.raw_len - 16 * out.count
+        c["bytes_out"] += out.raw_len - pcap.RECORD_HEADER_SIZE * out.count
 
     # -- the loop ----------------------------------------------------------------
     def run(self, rt: runtime.Runtime | None = None) -> None:
@@ -234,8 +234,13 @@ class Relay:
     def _run_quietly(self) -> None:
         try:
             self.run()
-        except zmq.ZMQError:
-            pass  # kept in self.error when it happened at set-up
+        except zmq.ZMQError as e:
+            # quiet only for what start() reports (set-up) and a context terminated
+            # under the thread; anything else from the loop is a failure to show
+            if e is not self.error and e.errno != zmq.ETERM:
+                self.error = e
+                log.error("relay thread failed: %s", e, exc_info=True,
+                          extra={"event": "relay_failed", "mode": self.mode})
         finally:
             self.close()
 

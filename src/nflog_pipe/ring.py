@@ -4,7 +4,7 @@
 ``docs/frame-format.md``) in arrival order.  Its window is a hard bound on the
 pcap bytes kept (record headers included): after every ``append`` the ring
 holds exactly the newest records that fit, older records are evicted one by
-one (``dropped.evicted``, ``dropped.evicted_bytes``).  Eviction is not a loss
+one (``dropped.evicted``, ``bytes_dropped.evicted``).  Eviction is not a loss
 of the live path: evicted records were delivered (or counted) on the live
 output like every other record.
 
@@ -49,7 +49,9 @@ from ._bpf import lib as _blib
 from ._records import ffi as _rffi
 from ._records import lib as _rlib
 from .bpf import Filter
+from .counters import init as init_counters
 from .metrics import Counters
+from .query.protocol import PIECE  # noqa: F401  (the largest data message)
 
 #: frames from this size on are kept as their own chunk, without a copy
 #: (a busy sender's frames are up to 256 KiB: --batch-size)
@@ -59,8 +61,6 @@ BLOCK = 1 << 20
 #: the dead prefix of the oldest chunk is dropped once it is this large
 #: (and larger than the live tail)
 COMPACT_MIN = 1 << 20
-#: largest piece of a query response
-PIECE = 1 << 20
 #: record ranges from this size on go out as views of the chunk (no copy)
 ZERO_COPY_MIN = 64 << 10
 #: bytes of records a ``Selection.plan`` step scans with the filter
@@ -167,8 +167,7 @@ class Ring:
         self.bytes = 0  # pcap bytes kept (records with their headers)
         self.records = 0
         self._seq = 0  # of the next chunk
-        for k in ("dropped.evicted", "dropped.evicted_bytes"):
-            self.c.setdefault(k, 0)
+        init_counters(self.c, "dropped.evicted", "bytes_dropped.evicted")
 
     # -- filling -------------------------------------------------------------
     def append(self, area, count: int) -> None:
@@ -232,7 +231,7 @@ class Ring:
         self.bytes -= evicted_bytes
         self.records -= evicted
         self.c["dropped.evicted"] += evicted
-        self.c["dropped.evicted_bytes"] += evicted_bytes
+        self.c["bytes_dropped.evicted"] += evicted_bytes
 
     # -- reading ---------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -290,7 +289,7 @@ class Selection:
         self.hi = NO_LIMIT if until_us is None else max(0, until_us)
         self.max_bytes = max_bytes
         self.flt = flt
-        self.piece = max(piece, pcap.SNAPLEN + 16)
+        self.piece = max(piece, pcap.SNAPLEN + pcap.RECORD_HEADER_SIZE)
         self.records = 0
         self.bytes = 0  # record bytes (without the pcap header)
         self.planned = False

@@ -8,7 +8,6 @@ runtime never touches sockets of the data path.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -150,10 +149,3 @@ def fatal(message: str, *args, code: int = 2) -> int:
     log.error(message, *args, extra={"event": "fatal"})
     return code
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True

@@ -26,6 +26,8 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from . import config
 from .config import Option
+from .counters import init as init_counters
+from .errors import PipeError
 from .logs import RateLimited
 from .metrics import Counters
 
@@ -48,7 +50,7 @@ SERVER_OPTIONS = [SECRET_KEY, ALLOW]
 RELAY_OPTIONS = [SECRET_KEY, SERVER_KEY, ALLOW]
 
 
-class SecurityError(ValueError):
+class SecurityError(PipeError, ValueError):
     """A key or a combination of options that cannot be used."""
 
 
@@ -77,7 +79,7 @@ class AllowList:
     def __init__(self, directory: str, counters: Counters):
         self.directory = Path(directory)
         self.c = counters
-        self.c.setdefault("auth_refused", 0)
+        init_counters(self.c, "auth_refused")
         self._warn = RateLimited(log, 10.0)
         #: public key -> the file it came from
         self.keys: dict[bytes, str] = {}

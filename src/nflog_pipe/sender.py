@@ -9,6 +9,7 @@ packed in place and the frame is queued with one non-blocking send.  Past
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -235,7 +236,7 @@ class Sender:
                 self.waiting = True
                 return
             self.c["dropped.queue_full"] += count
-            self.c.add("dropped.queue_full_frames")
+            self.c.add("frames_dropped.queue_full")
         else:
             self.seq += 1
             self.pkt_seq += count
@@ -269,7 +270,7 @@ class Sender:
             self.sock.send(data, zmq.NOBLOCK)
         except zmq.Again:
             self.c["dropped.queue_full"] += out.count
-            self.c.add("dropped.queue_full_frames")
+            self.c.add("frames_dropped.queue_full")
         else:
             self.seq += 1
             self.pkt_seq += out.count
@@ -375,6 +376,15 @@ def main(argv: list[str] | None = None) -> int:
             header_room=frame.HEADER_SIZE + len(sender_id))
     except nflog.NflogError as e:
         return runtime.fatal("cannot set up NFLOG: %s", e)
+    # cleanup on every path, fatal ones too: the NFLOG reader (and its controller),
+    # the socket, the context; then the totals
+    with contextlib.ExitStack() as stack:
+        stack.callback(reader.close)
+        return _run(args, nflog, reader, sender_id, counters, curve, rc, adaptive, stack)
+
+
+def _run(args, nflog, reader, sender_id: bytes, counters: Counters, curve, rc, adaptive: bool,
+         stack: contextlib.ExitStack) -> int:
     # Privileges go before any thread exists: capabilities are per thread and
     # ZeroMQ starts I/O threads with its context.  The controller (queue
     # thresholds with --libnflog-qthresh auto, receive buffer growth up to
@@ -389,10 +399,11 @@ def main(argv: list[str] | None = None) -> int:
             qpolicy = nflog.QthreshPolicy(start=1)
         who = privs.drop(args.user)
     except (OSError, privs.PrivilegeError) as e:
-        reader.close()
         return runtime.fatal("dropping privileges: %s", e)
     ctx = zmq.Context(1)
+    stack.callback(ctx.term)
     sock = ctx.socket(zmq.PUSH)
+    stack.callback(sock.close)
     sock.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
     sock.sndhwm = args.zmq_buffer_frames
     sock.linger = int(args.zmq_linger * 1000)
@@ -403,7 +414,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sock.connect(args.dst)
     except zmq.ZMQError as e:
-        reader.close()
         return runtime.fatal("cannot connect to %s: %s", args.dst, e)
     rt = runtime.Runtime(SERVICE, args, counters, gauges=lambda: {
         "netlink_queue_bytes": reader.queued_bytes(), "netlink_rcvbuf": reader.kernel_rcvbuf()})
@@ -418,9 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sender.run()
     finally:
-        reader.close()
-        sock.close()
-        ctx.term()
+        reader.close()  # first, as before: nothing more is read while ZeroMQ flushes
+        stack.close()  # the socket, the context (the --zmq-linger flush)
         rt.finish(sender_id=sender_id.decode(), instance=sender.instance)
     return 0
 

@@ -26,9 +26,11 @@ from collections.abc import Callable
 
 import zmq
 
-from .frame import HEADER, HEADER_SIZE, Frame, FrameError, decode
+from .counters import init as init_counters
+from .frame import HEADER_SIZE, Frame, FrameError, decode, read_header
 from .logs import RateLimited
 from .metrics import Counters
+from .pcap import RECORD_HEADER_SIZE
 
 #: streams tracked at once; beyond it the least recently seen is forgotten
 MAX_STREAMS = 4096
@@ -83,9 +85,7 @@ class StreamTracker:
         self.log = log
         self._warn = warn or RateLimited(log, 10.0)
         self.streams: dict[tuple[str, int], SenderTrack] = {}
-        self.c.setdefault("dropped.transit", 0)
-        self.c.setdefault("streams_reset", 0)
-        self.c.setdefault("frames_rewound", 0)
+        init_counters(self.c, "dropped.transit", "streams_reset", "frames_rewound")
 
     def accept(self, data, peer: str = "") -> Frame | None:
         """A message from the network: the frame, validated, counted
@@ -100,12 +100,13 @@ class StreamTracker:
             self._warn.warning(f"malformed.{e.kind}", "rejected frame (%s): %s", e.kind, e,
                                event="malformed_frame", peer=peer, size=len(data))
             return None
-        self._advance(f, delivered=True)
+        self.track(f)
         c["packets_in"] += f.count
-        c["bytes_in"] += f.size - 16 * f.count
+        c["bytes_in"] += f.size - RECORD_HEADER_SIZE * f.count
         return f
 
     def track(self, f: Frame) -> None:
+        """A frame accepted and delivered: its stream advances (gaps counted)."""
         self._advance(f, delivered=True)
 
     def skip(self, f: Frame) -> None:
@@ -179,7 +180,7 @@ def account_rejected(counters: Counters, e, data=None,
     frame always, its packets when the header that announced them was intact.
     With ``data`` and ``tracker``, the stream moves past the rejected frame so
     that its packets are not counted a second time as a transit gap."""
-    counters["dropped.malformed_frames"] += 1
+    counters["frames_dropped.malformed"] += 1
     if e.count and e.kind not in UNTRUSTED_COUNT:
         counters["packets_in"] += e.count
         counters["dropped.malformed"] += e.count
@@ -188,7 +189,6 @@ def account_rejected(counters: Counters, e, data=None,
 
 
 def _header_only(data) -> Frame:
-    (_m, _v, flags, cdc, id_len, instance, count, seq, pkt_seq, _raw,
-     _pl) = HEADER.unpack_from(data)
-    sid = bytes(memoryview(data)[HEADER_SIZE : HEADER_SIZE + id_len]).decode()
-    return Frame(sid, instance, seq, pkt_seq, count, flags, cdc, memoryview(b""))
+    h = read_header(data)
+    sid = bytes(memoryview(data)[HEADER_SIZE : HEADER_SIZE + h.id_len]).decode()
+    return Frame(sid, h.instance, h.seq, h.pkt_seq, h.count, h.flags, h.codec, memoryview(b""))

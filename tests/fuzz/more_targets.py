@@ -14,6 +14,7 @@ import random
 import struct
 
 from hypothesis import strategies as st
+from lab import PKT  # the sample packet (tools/lib/testkit.py)
 
 from nflog_pipe import bpf, codec, frame, pcap, query, ring
 from nflog_pipe.metrics import Counters
@@ -194,7 +195,7 @@ TOKENS = (
     "localhost", "http", "domain", "ip proto \\tcp", "ip6 protochain 6", "len >= 0",
 )
 PACKETS = (
-    bytes.fromhex("4500001d00004000401100007f0000017f000001303900350009000041"),
+    PKT,
     bytes.fromhex("450000280000400040060000" "0a0000010a000002") + struct.pack(">HHIIBBHHH",
                                                                            40000, 80, 1, 0,
                                                                            0x50, 0x02,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import zlib
 
+from lab import PKT as V4  # the sample packet (tools/lib/testkit.py)
+
 from nflog_pipe import frame, pcap
 
 from . import wire
 from .harness import CORPUS
 
-V4 = bytes.fromhex("4500001d00004000401100007f0000017f000001303900350009000041")
 V6 = bytes([0x60, 0, 0, 0, 0, 8, 17, 64]) + bytes(15) + b"\x01" + bytes(15) + b"\x01" \
     + bytes.fromhex("303900350008abcd")
 RECS = [(1700000000, 1, V4, 29), (1700000001, 2, V6, 48)]

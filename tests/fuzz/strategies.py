@@ -5,6 +5,7 @@ random bytes would stop at the magic)."""
 from __future__ import annotations
 
 from hypothesis import strategies as st
+from lab import PKT  # the sample packet (tools/lib/testkit.py)
 
 from nflog_pipe import pcap
 
@@ -15,7 +16,7 @@ u64 = st.one_of(st.sampled_from((0, 1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1)),
                 st.integers(0, (1 << 64) - 1))
 
 ip_headers = st.sampled_from((
-    bytes.fromhex("4500001d00004000401100007f0000017f000001303900350009000041"),  # IPv4 UDP
+    PKT,  # IPv4 UDP
     bytes.fromhex("4500002800004000400600007f0000017f000001") + bytes(20),  # IPv4 TCP
     bytes([0x60, 0, 0, 0, 0, 8, 17, 64]) + bytes(15) + b"\x01" + bytes(15) + b"\x01"
     + bytes(8),  # IPv6 UDP

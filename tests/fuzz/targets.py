@@ -195,7 +195,7 @@ def fuzz_receiver(data: bytes) -> None:
         delta = {k: v - before.get(k, 0) for k, v in c.items()}
         assert delta["frames_in"] == 1 and delta.get("dropped.output", 0) == 0
         if f is None:
-            assert delta["dropped.malformed_frames"] == 1
+            assert delta["frames_dropped.malformed"] == 1
             # a rejected frame whose header is intact also moves its sender's
             # stream past it: a gap before it is a transit loss, counted once
             assert delta["dropped.malformed"] <= frame.MAX_RECORDS

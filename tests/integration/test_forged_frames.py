@@ -10,11 +10,15 @@ import zlib
 
 import pytest
 import zmq
-from lab import Daemon, free_port, tool, wait_until
+from lab import (
+    PKT,  # noqa: E402  (the sample packet: tools/lib/testkit.py)
+    Daemon,
+    free_port,
+    tool,
+    wait_until,
+)
 
 from nflog_pipe import frame, pcap
-
-PKT = bytes.fromhex("4500001d00004000401100007f0000017f000001303900350009000041")
 
 
 def area(n: int) -> bytes:
@@ -98,7 +102,7 @@ def test_rejected_frames_count_at_most_what_their_bytes_hold(stage):
     real[4] = 2
     push.send(bytes(real))
     c = settle(d, 5)
-    assert c["dropped.malformed_frames"] == 5
+    assert c["frames_dropped.malformed"] == 5
     # 0 + 0 + (32 * 1032 // 16 = 2064, the most 32 compressed bytes can expand to)
     # + 260 // 16 + 100
     assert c["dropped.malformed"] == 0 + 0 + 2064 + 10 + 100

@@ -5,13 +5,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from lab import FifoReader, pcap_prefix, tool, wait_until
+from lab import PKT, FifoReader, pcap_prefix, tool, wait_until
 
 from nflog_pipe import pcap
 from nflog_pipe.metrics import Counters
 from nflog_pipe.output import PcapOutput
 
-PKT = bytes.fromhex("4500001d00004000401100007f0000017f000001303900350009000041")
 AREA = memoryview(pcap.record(1, 2, PKT) * 3)
 
 

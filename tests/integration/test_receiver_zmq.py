@@ -4,12 +4,15 @@ import subprocess
 
 import pytest
 import zmq
-from lab import Daemon, free_port, tool, wait_until
+from lab import (
+    PKT,  # noqa: E402  (the sample packet: tools/lib/testkit.py)
+    Daemon,
+    free_port,
+    tool,
+    wait_until,
+)
 
 from nflog_pipe import frame, pcap
-
-PKT = bytes.fromhex("4500001d00004000401100007f0000017f000001303900350009000041")
-
 
 
 @pytest.fixture
@@ -71,7 +74,7 @@ def test_oversized_message_never_allocated(tmp_path, push):
     s2 = push(ep)
     s2.send(frame.encode("ok", 1, 0, 0, 1, area(1)))
     wait_until(lambda: last_counters(d).get("packets_out") == 1, what="good frame")
-    assert d.stop()["counters"]["dropped.malformed_frames"] == 0
+    assert d.stop()["counters"]["frames_dropped.malformed"] == 0
 
 
 def test_stdout_output(tmp_path, push):
@@ -126,7 +129,7 @@ def test_rejected_frame_counted_once_not_again_as_transit(tmp_path, push):
     s.send(frame.encode("a", 1, 2, 5, 1, area(1)))
     wait_until(lambda: last_counters(d).get("packets_out") == 3, what="3 records")
     c = d.stop()["counters"]
-    assert c["dropped.malformed"] == 3 and c["dropped.malformed_frames"] == 1
+    assert c["dropped.malformed"] == 3 and c["frames_dropped.malformed"] == 1
     assert c["dropped.transit"] == 0
     assert c["packets_in"] == 6 == c["packets_out"] + c["dropped.malformed"]
 
@@ -149,6 +152,6 @@ def test_a_flood_of_bad_frames_does_not_flood_the_log(tmp_path, push):
     s.send(frame.encode("ok", 1, 0, 0, 1, area(1)))
     wait_until(lambda: last_counters(d).get("packets_out") == 1, what="the good frame")
     c = d.stop()["counters"]
-    assert c["dropped.malformed_frames"] == 2000
+    assert c["frames_dropped.malformed"] == 2000
     warnings = [r for r in d.records() if r.get("event") == "malformed_frame"]
     assert 1 <= len(warnings) <= 3  # once per kind per 10 s, with a count of the rest

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import zmq
-from lab import Daemon, free_port, tool, wait_until
+from lab import PKT, Daemon, free_port, tool, wait_until
 
 from nflog_pipe import codec, frame, pcap, ratecontrol
 from nflog_pipe.ratecontrol import MiB, RateController
@@ -15,9 +15,6 @@ from nflog_pipe.relay import COMPRESS, DECOMPRESS, Relay
 
 def ep() -> str:
     return f"tcp://127.0.0.1:{free_port()}"
-
-
-PKT = bytes.fromhex("4500001d00004000401100007f0000017f000001303900350009000041")
 
 
 def area(n: int, tag: bytes = b"") -> bytes:
@@ -134,7 +131,7 @@ def test_relay_counts_transit_gaps_and_rejects_bad_frames(zctx, relays):
     assert [f.count for f in frames] == [2, 3, 1]
     # the link out of the relay is whole: its own numbering has no gap
     assert [f.pkt_seq for f in frames] == [0, 2, 5]
-    wait_until(lambda: r.c["dropped.malformed_frames"] == 2, what="2 rejected frames")
+    wait_until(lambda: r.c["frames_dropped.malformed"] == 2, what="2 rejected frames")
     # the rejected frame's packets count once, as malformed, not again as a gap
     assert r.c["dropped.transit"] == 8 and r.c["dropped.malformed"] == 2
     wait_until(lambda: r.c["packets_out"] == 6, what="6 packets out")

@@ -11,11 +11,15 @@ import subprocess
 
 import pytest
 import zmq
-from lab import Daemon, free_port, tool, wait_until
+from lab import (
+    PKT,  # noqa: E402  (the sample packet: tools/lib/testkit.py)
+    Daemon,
+    free_port,
+    tool,
+    wait_until,
+)
 
 from nflog_pipe import frame, pcap, security
-
-PKT = bytes.fromhex("4500001d00004000401100007f0000017f000001303900350009000041")
 
 
 def area(n: int) -> bytes:

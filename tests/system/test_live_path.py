@@ -135,7 +135,7 @@ def test_query_filters_cost_the_live_path_nothing(pipe, tmp_path):
     sc, rc_ = s_totals["counters"], r_totals["counters"]
     assert got == PACKETS and rc_["packets_out"] == PACKETS and sc["packets_out"] == PACKETS
     assert not any(v for k, v in {**sc, **rc_}.items() if k.startswith("dropped.")
-                   and k not in ("dropped.evicted", "dropped.evicted_bytes")), (sc, rc_, outcomes)
+                   and k not in ("dropped.evicted", "bytes_dropped.evicted")), (sc, rc_, outcomes)
     assert rc_["query.requests"] == len(filters)
 
 
@@ -211,7 +211,7 @@ def test_idle_query_clients_stay_within_the_memory_bound(pipe, tmp_path):
     sc, rc = s_totals["counters"], r_totals["counters"]
     assert sent == [BIG] and rc["packets_out"] == filled + BIG == sc["packets_out"]
     assert not any(v for k, v in {**sc, **rc}.items() if k.startswith("dropped.")
-                   and k not in ("dropped.evicted", "dropped.evicted_bytes")), (sc, rc)
+                   and k not in ("dropped.evicted", "bytes_dropped.evicted")), (sc, rc)
     assert rc["query.requests"] >= 40
 
 

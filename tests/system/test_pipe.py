@@ -228,7 +228,7 @@ def test_malformed_frames_are_rejected_and_counted(pipe, tmp_path):
             "[s.send(m) for m in pickle.load(sys.stdin.buffer)]; s.close(); c.term()")
     p = pipe.lab.popen(pipe.gw.prefix() + [sys.executable, "-c", code], stdin=-1)
     p.communicate(pickle.dumps(bad), timeout=20)
-    wait_until(lambda: _recv_counter(pipe, "dropped.malformed_frames") == len(bad),
+    wait_until(lambda: _recv_counter(pipe, "frames_dropped.malformed") == len(bad),
                what="malformed frames counted")
     send_udp(pipe.gw, pipe.link.b4, PORT4, payload_file(tmp_path / "b", [b"after"] * 5))
     wait_until(lambda: _count(reader) == 10, what="10 records")
@@ -240,5 +240,5 @@ def test_malformed_frames_are_rejected_and_counted(pipe, tmp_path):
     kinds = {r.get("kind") for r in log if r.get("event") == "malformed_frame"}
     assert {"malformed.short", "malformed.magic", "malformed.version", "malformed.length",
             "malformed.count"} <= kinds
-    assert totals["counters"]["dropped.malformed_frames"] == len(bad)
+    assert totals["counters"]["frames_dropped.malformed"] == len(bad)
     assert totals["counters"]["packets_out"] == 10

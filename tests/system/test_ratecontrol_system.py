@@ -106,7 +106,7 @@ def test_a_sender_rate_control_to_a_receiver_without_flags(pipe, tmp_path):
     assert s["compressed_bytes"] < s["compressed_raw_bytes"]
     assert s["packets_in"] == s["packets_out"] == sent and s["dropped.hwm"] == 0
     assert r["packets_in"] == r["packets_out"] == sent
-    assert r["dropped.malformed_frames"] == 0 and r["dropped.transit"] == 0
+    assert r["frames_dropped.malformed"] == 0 and r["dropped.transit"] == 0
     start = next(x for x in sender.records() if x.get("event") == "start")
     assert start["rate_control"]["codec"] == "zlib"
 

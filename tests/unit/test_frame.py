@@ -97,3 +97,17 @@ def test_malformed_error_keeps_announced_count():
     with pytest.raises(frame.FrameError) as e:
         frame.decode(_patch("<B", 4, 9))
     assert e.value.count == 2
+
+
+def test_one_record_header_size_in_c_and_python():
+    from nflog_pipe._records import lib
+
+    from nflog_pipe import pcap
+    assert lib.NZP_REC_HDR == pcap.RECORD_HEADER_SIZE == pcap.RECORD_HEADER.size
+
+
+def test_header_fields_in_wire_order():
+    h = frame.Header.new(b"gw", instance=7, count=2, seq=3, pkt_seq=4, raw_len=40, payload_len=40)
+    data = h.pack(b"gw")
+    assert frame.read_header(data) == h and data[frame.HEADER_SIZE:] == b"gw"
+    assert data == frame.pack_header(b"gw", 7, 3, 4, 2, 40, 40)

@@ -1,8 +1,8 @@
 import subprocess
 
-from nflog_pipe import pcap
+from lab import PKT as IPV4_UDP  # the sample packet (tools/lib/testkit.py)
 
-IPV4_UDP = bytes.fromhex("4500001d00004000401100007f0000017f000001303900350009000041")
+from nflog_pipe import pcap
 
 
 def test_global_header_is_little_endian_linktype_raw():

@@ -42,3 +42,23 @@ def test_targets_are_powers_of_two_within_bounds():
         q = p.target(rate)
         assert 1 <= q <= 1024 and q & (q - 1) == 0
     assert p.target(0) == 1 and p.target(10**7) == 1024
+
+
+def test_a_threshold_the_kernel_refused_is_not_recorded():
+    """The controller reports each sendto(); a refused change leaves the threshold unknown."""
+    import os
+    import struct
+
+    from nflog_pipe.nflog import NflogReader
+    r = object.__new__(NflogReader)  # no netlink socket: only the report pipe
+    rd, wr = os.pipe()
+    os.set_blocking(rd, False)
+    r._ctl_status, r._qthresh, r._ctl_partial = rd, 64, b""
+    try:
+        os.write(wr, struct.pack("=II", 0, 64))  # group 0: applied
+        assert r.qthresh == 64
+        os.write(wr, struct.pack("=II", 0, 0))   # group 0: sendto failed
+        assert r.qthresh is None
+    finally:
+        os.close(rd)
+        os.close(wr)

@@ -174,3 +174,14 @@ def test_credit_is_capped():
     t = query.Transfer(b"id", ring.Selection(snap), credit=1)
     t.grant(10**6)
     assert t.credit == query.MAX_CREDIT
+
+
+def test_client_import_chain_needs_no_libpcap():
+    """The query image installs no libpcap: the client must not import the native modules."""
+    import subprocess
+    import sys
+    code = ("import sys, nflog_pipe.query.client, nflog_pipe.query; "
+            "print(sorted(m for m in sys.modules if m.startswith('nflog_pipe.') and "
+            "m.split('.')[-1] in ('_bpf', 'bpf', '_records', '_nflog', 'ring')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

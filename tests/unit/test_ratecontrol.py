@@ -298,9 +298,9 @@ def test_above_hwm_a_frame_keeps_its_leading_records_that_fit():
     first = area(1600, 16)
     (o,) = rc.offer(b"gw", first, 16)  # the bucket holds 1000 bytes: 10 records
     assert (o.count, o.raw_len, bytes(o.payload)) == (10, 1000, first[:1000])
-    assert rc.c["dropped.hwm"] == 6 and rc.c["dropped.hwm_frames"] == 0
+    assert rc.c["dropped.hwm"] == 6 and rc.c["frames_dropped.hwm"] == 0
     assert rc.offer(b"gw", area(1600, 16), 16) == []  # empty bucket: dropped whole
-    assert rc.c["dropped.hwm"] == 22 and rc.c["dropped.hwm_frames"] == 1
+    assert rc.c["dropped.hwm"] == 22 and rc.c["frames_dropped.hwm"] == 1
     clock.t += 0.5  # 500 bytes more
     (o,) = rc.offer(b"gw", area(1600, 16), 16)
     assert o.count == 5

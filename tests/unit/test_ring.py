@@ -73,7 +73,7 @@ def test_keeps_exactly_the_newest_records_that_fit():
     assert ring_content(r) == b"".join(kept)
     assert r.records == len(kept) and r.bytes == sum(map(len, kept))
     assert c["dropped.evicted"] == len(records) - len(kept)
-    assert c["dropped.evicted_bytes"] == sum(map(len, records)) - r.bytes
+    assert c["bytes_dropped.evicted"] == sum(map(len, records)) - r.bytes
 
 
 @settings(max_examples=60, deadline=None)

@@ -12,18 +12,11 @@
 #include <pcap/pcap.h>
 
 #include "bpf.h"
-
-#define REC_HDR 16
+#include "record.h"
 
 struct nzp_filter {
     struct bpf_program prog;
 };
-
-static inline uint32_t get_le32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) |
-           ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
 
 struct nzp_filter *nzp_filter_new(const char *expr, uint32_t snaplen, char *err,
                                   size_t errlen)
@@ -107,7 +100,7 @@ static inline int match(const struct nzp_filter *f, const unsigned char *rec)
     h.ts.tv_usec = get_le32(rec + 4);
     h.caplen = get_le32(rec + 8);
     h.len = get_le32(rec + 12);
-    return pcap_offline_filter(&f->prog, &h, rec + REC_HDR) != 0;
+    return pcap_offline_filter(&f->prog, &h, rec + NZP_REC_HDR) != 0;
 }
 
 int nzp_filter_match(const struct nzp_filter *f, const unsigned char *pkt,
@@ -131,17 +124,17 @@ uint32_t nzp_select(const struct nzp_filter *f, const unsigned char *area, size_
     for (i = first; i < count; i++) {
         size_t off = offsets[i];
         uint32_t caplen;
-        if (off > len || len - off < REC_HDR)
+        if (off > len || len - off < NZP_REC_HDR)
             break;
         caplen = get_le32(area + off + 8);
-        if (len - off - REC_HDR < caplen)
+        if (len - off - NZP_REC_HDR < caplen)
             break;
         if (ts[i] < ts_lo || ts[i] >= ts_hi)
             continue;
         if (f != NULL && !match(f, area + off))
             continue;
         out_idx[n++] = i;
-        bytes += REC_HDR + (uint64_t)caplen;
+        bytes += NZP_REC_HDR + (uint64_t)caplen;
     }
     *out_bytes += bytes;
     return n;
@@ -156,9 +149,9 @@ uint32_t nzp_tail_fit(const unsigned char *area, size_t len, const uint32_t *off
     while (k > 0) {
         size_t off = offsets[idx[k - 1]];
         uint64_t size;
-        if (off > len || len - off < REC_HDR)
+        if (off > len || len - off < NZP_REC_HDR)
             break;
-        size = REC_HDR + (uint64_t)get_le32(area + off + 8);
+        size = NZP_REC_HDR + (uint64_t)get_le32(area + off + 8);
         if (total + size > budget)
             break;
         total += size;
@@ -178,9 +171,9 @@ size_t nzp_gather(const unsigned char *area, size_t len, const uint32_t *offsets
     for (i = 0; i < n; i++) {
         size_t off = offsets[idx[i]];
         size_t size;
-        if (off > len || len - off < REC_HDR)
+        if (off > len || len - off < NZP_REC_HDR)
             break;
-        size = REC_HDR + (size_t)get_le32(area + off + 8);
+        size = NZP_REC_HDR + (size_t)get_le32(area + off + 8);
         if (size > len - off || size > cap - pos)
             break;
         memcpy(out + pos, area + off, size);

@@ -72,7 +72,7 @@ def _module(name: str, cdefs: list[str], source: str, libraries: list[str]) -> F
 
 
 nflog_ffi = _module("_nflog", ["nflog.h", "nflog_lib.cdef"], "nflog.c", ["netfilter_log"])
-records_ffi = _module("_records", ["records.h"], "records.c", [])
+records_ffi = _module("_records", ["records.h", "record.cdef"], "records.c", [])
 bpf_ffi = _module("_bpf", ["bpf.h"], "bpf.c", ["pcap"])
 
 if __name__ == "__main__":

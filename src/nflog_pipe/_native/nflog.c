@@ -22,13 +22,8 @@
 #include <libnetfilter_log/libnetfilter_log.h>
 #include <libnetfilter_log/linux_nfnetlink_log.h>
 
+#include "record.h"
 #include "nflog.h"
-
-static inline void put_le32(unsigned char *p, uint32_t v)
-{
-    p[0] = v & 0xff; p[1] = (v >> 8) & 0xff;
-    p[2] = (v >> 16) & 0xff; p[3] = (v >> 24) & 0xff;
-}
 
 static inline uint32_t get_be32(const unsigned char *p)
 {
@@ -298,6 +293,11 @@ int nzp_ctl_child(int cmd_fd, int nl_fd, const uint16_t *groups, int ngroups,
         if (!allowed || cmd.qthresh == 0)
             continue;                       /* only the parent's own groups */
         len = nzp_qthresh_msg(msg, (uint16_t)cmd.group, cmd.qthresh);
-        sendto(nl_fd, msg, (size_t)len, 0, (struct sockaddr *)&kernel, sizeof(kernel));
+        if (sendto(nl_fd, msg, (size_t)len, 0, (struct sockaddr *)&kernel,
+                   sizeof(kernel)) != (ssize_t)len)
+            cmd.qthresh = 0;                /* not applied: the parent is told */
+        if (send(cmd_fd, &cmd, sizeof(cmd), MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+            /* full (the parent reads at its next request) or not a socket: report lost */
+        }
     }
 }

@@ -10,7 +10,7 @@
  * writes them to its output without touching individual packets in Python.
  */
 
-#define NZP_REC_HDR 16
+/* the record header size, NZP_REC_HDR: record.h */
 #define NZP_MAX_GROUPS 32
 
 struct nzp_batch {
@@ -68,6 +68,10 @@ int nzp_drop_caps(void);
  *   NLM_F_ACK so that no reply lands among the parent's packets;
  * - with group NZP_CTL_RCVBUF: set the receive buffer to `qthresh` bytes,
  *   only upwards and at most rcvbuf_max.
+ * cmd_fd is one end of a stream socketpair: for each queue threshold sent, the
+ * child writes back a struct nzp_ctl_cmd (non-blocking: a full socket loses the
+ * report, never blocks): the group, and qthresh when sendto() took the whole
+ * message, else 0.
  * It returns when cmd_fd reaches end of file (the parent is gone), or -errno. */
 #define NZP_CTL_RCVBUF 4294967295
 struct nzp_ctl_cmd {

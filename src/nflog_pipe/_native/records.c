@@ -5,14 +5,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "record.h"
 #include "records.h"
-
-
-static inline uint32_t get_le32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) |
-           ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
 
 int nzp_validate(const unsigned char *area, size_t len, uint32_t count,
                  uint32_t snaplen, uint32_t *bad_index)

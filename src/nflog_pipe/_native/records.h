@@ -3,7 +3,7 @@
  * See nflog.h for the record area layout.
  */
 
-#define NZP_REC_HDR 16
+/* the record header size, NZP_REC_HDR: record.h */
 enum nzp_error {
     NZP_E_SHORT = -1,     /* a record header or its data runs past the end */
     NZP_E_CAPLEN = -2,    /* caplen larger than the snapshot length */

@@ -179,17 +179,23 @@ class QueryServer:
                 f"busy: {len(self.transfers) + len(self.pending)} queries in progress, try again",
                 "busy"))
             return
-        if self._holds_evicted():
-            self.c["query.refused_memory"] += 1
-            self._refuse(ident, peer, RequestError(
-                "busy: a query in progress still holds traffic that has left the window "
-                "(the memory bound); try again when it is done", "busy"))
+        if self._refused_for_memory(ident, peer):
             return
         if req.filter:  # compiled off the loop, in a process killed if it takes too long
             self.pending[ident] = (req, peer, self._compiler.submit(
                 compile_bounded, req.filter, self.compile_timeout))
             return
         self._start(ident, req, peer, None)
+
+    def _refused_for_memory(self, ident: bytes, peer: str) -> bool:
+        """Refuse (busy) when a new snapshot would break the memory bound."""
+        if not self._holds_evicted():
+            return False
+        self.c["query.refused_memory"] += 1
+        self._refuse(ident, peer, RequestError(
+            "busy: a query in progress still holds traffic that has left the window "
+            "(the memory bound); try again when it is done", "busy"))
+        return True
 
     def _holds_evicted(self) -> bool:
         # a new snapshot would keep a second window alive beside the one the running
@@ -207,11 +213,7 @@ class QueryServer:
             except FilterError as e:
                 self._refuse(ident, peer, RequestError(str(e), "filter"))
                 continue
-            if self._holds_evicted():
-                self.c["query.refused_memory"] += 1
-                self._refuse(ident, peer, RequestError(
-                    "busy: a query in progress still holds traffic that has left the window "
-                    "(the memory bound); try again when it is done", "busy"))
+            if self._refused_for_memory(ident, peer):
                 continue
             self._start(ident, req, peer, flt)
 

@@ -236,7 +236,7 @@ def test_reader_killed_mid_record_many_times(fifo):
 
 
 def _recv(tmp_path, dst, *extra, user=None):
-    argv = [tool("nflog-pcap-recv"), "tcp://127.0.0.1:0", str(dst), "--log-format", "text",
+    argv = [tool("nflog-pcap-recv"), "tcp://127.0.0.1:9", str(dst), "--log-format", "text",
             *extra]
     if user:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] + argv

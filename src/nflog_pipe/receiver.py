@@ -21,7 +21,7 @@ import time
 
 import zmq
 
-from . import config, frame, listen, runtime, security
+from . import config, frame, listen, runtime, security, shard
 from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
@@ -37,10 +37,14 @@ SERVICE = "recv"
 OPTIONS = [
     Option("src", type=config.endpoint, metavar="SRC", required=True,
            help="ZeroMQ endpoint to bind (PULL); many senders may connect"),
-    Option("dst", type=config.path, metavar="DST", required=True,
+    Option("dst", type=config.path, metavar="DST", required=True, many=True,
            help="where the pcap stream goes: a FIFO (an IDS reads it with -r; every reader "
            "gets a pipe of its own, so the FIFO's directory must be writable), a regular file "
-           "(written over), or - for stdout"),
+           "(written over), or - for stdout. Several (up to 16): the traffic is split by flow "
+           "between them (--shard-key), one IDS per output, each output with its own reader, "
+           "buffer and counters (shard.<i>.*)"),
+    Option("shard_key", ("--shard-key",), choices=tuple(shard.KEYS), default="addr",
+           metavar="addr|ports", help="with several outputs: " + shard.SHARD_KEY_HELP),
     Option("fifo_create", ("--fifo-create",), flag=True, default=False,
            help="create DST as a FIFO if it does not exist (a regular file at DST is then "
            "an error, never overwritten)"),
@@ -89,9 +93,13 @@ OPTIONS = [
 class Receiver:
     """Frame handling, independent of the socket loop (tests drive it)."""
 
-    def __init__(self, output: PcapOutput, counters: Counters, ring: Ring | None = None,
-                 tap: Tap | None = None):
-        self.output = output
+    def __init__(self, output: PcapOutput | list[PcapOutput], counters: Counters,
+                 ring: Ring | None = None, tap: Tap | None = None, shard_key: str = "addr"):
+        self.outputs = output if isinstance(output, list) else [output]
+        self.output = self.outputs[0]
+        # several outputs: each frame's records are split by flow, in C
+        self.splitter = (shard.Splitter(len(self.outputs), shard_key)
+                         if len(self.outputs) > 1 else None)
         self.c = counters
         self.ring = ring
         self.tap = tap
@@ -107,7 +115,13 @@ class Receiver:
         f = self.tracker.accept(data, peer)
         if f is None:
             return None
-        self.output.write(f.records, f.count)
+        if self.splitter is None:
+            self.output.write(f.records, f.count)
+        else:
+            for out, (records, count) in zip(self.outputs,
+                                             self.splitter.split(f.records, f.count), strict=True):
+                if count:
+                    out.write(records, count)
         if self.ring is not None:
             self.ring.append(f.records, f.count)
         if self.tap is not None and self.tap.clients:
@@ -116,10 +130,52 @@ class Receiver:
 
 
 
-def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput,
+class OutputSet:
+    """Several outputs (one per shard) seen by the loop as one: each keeps its
+    own readers, queue and accounting (``shard.<i>.*`` counters)."""
+
+    def __init__(self, outputs: list[PcapOutput]):
+        self.outputs = outputs
+        self.kind = outputs[0].kind
+
+    def poll_items(self) -> list[tuple[int, bool]]:
+        return [item for o in self.outputs for item in o.poll_items()]
+
+    def check_reader(self) -> None:
+        for o in self.outputs:
+            o.check_reader()
+
+    def try_attach(self) -> None:
+        for o in self.outputs:
+            o.try_attach()
+
+    def flush(self) -> None:
+        for o in self.outputs:
+            if o.wants_write:
+                o.flush()
+
+    @property
+    def wants_write(self) -> bool:
+        return any(o.wants_write for o in self.outputs)
+
+    @property
+    def closed(self) -> bool:
+        return any(o.closed for o in self.outputs)
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(o.pending_bytes for o in self.outputs)
+
+    def close(self) -> None:
+        for o in self.outputs:
+            o.close()
+
+
+def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput | OutputSet,
         ring: Ring | None = None, queries: QueryServer | None = None,
         tap: Tap | None = None, monitors: list[listen.Monitor] = ()) -> Receiver:
-    recv = Receiver(output, rt.counters, ring, tap)
+    recv = Receiver(output.outputs if isinstance(output, OutputSet) else output, rt.counters,
+                    ring, tap, getattr(args, "shard_key", "addr"))
     poller = zmq.Poller()
     registered: dict = {}
     next_check = 0.0
@@ -228,12 +284,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.tap and not security.is_loopback(f"tcp://{args.tap[0]}:{args.tap[1]}"):
             return runtime.fatal("--tap %s:%d is not loopback: PCAP-over-IP clients cannot "
                                  "authenticate (use an SSH tunnel, or --insecure-bind)", *args.tap)
-    if args.dst == "-" and (sys.stdout is None or _closed(1)):
+    dsts = args.dst
+    if len(dsts) > shard.MAX_SHARDS:
+        return runtime.fatal("at most %d outputs", shard.MAX_SHARDS)
+    if len({os.path.realpath(d) if d != "-" else d for d in dsts}) != len(dsts):
+        return runtime.fatal("an output is given twice: %s", " ".join(dsts))
+    if "-" in dsts and (sys.stdout is None or _closed(1)):
         return runtime.fatal("DST is - but standard output is closed")
-    try:
-        output = PcapOutput(args.dst, counters, int(args.output_buffer * 2**20), args.fifo_create)
-    except OSError as e:
-        return runtime.fatal("cannot use output %s: %s", args.dst, e.strerror or e)
+    outputs: list[PcapOutput] = []
+    for i, dst in enumerate(dsts):
+        try:
+            outputs.append(PcapOutput(dst, counters if len(dsts) == 1
+                                      else shard.ShardCounters(counters, i),
+                                      int(args.output_buffer * 2**20), args.fifo_create))
+        except OSError as e:
+            for o in outputs:
+                o.close(0)
+            return runtime.fatal("cannot use output %s: %s", dst, e.strerror or e)
+    output = outputs[0] if len(outputs) == 1 else OutputSet(outputs)
     ctx = zmq.Context(1)
     if curve:  # the authenticator runs before anything is bound
         curve.start(ctx)
@@ -291,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     rt.install_signals()
     if curve and curve.allow:
         rt.on_reload("CURVE allow-list", curve.allow.reload)
-    log.info("started", extra={"event": "start", "src": args.src, "dst": args.dst,
+    log.info("started", extra={"event": "start", "src": args.src,
+                               "dst": dsts[0] if len(dsts) == 1 else dsts,
+                               "shard_key": args.shard_key if len(dsts) > 1 else None,
                                "output": output.kind, "buffer_interface": args.buffer_interface,
                                "curve": bool(curve), **limits,
                                "buffer_window_bytes": ring.window if ring else None,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from . import config, frame, privs, ratecontrol, runtime, security
+from . import config, frame, privs, ratecontrol, runtime, security, shard
 from .config import Option
 from .metrics import Counters
 
@@ -31,8 +31,12 @@ SERVICE = "send"
 OPTIONS = [
     Option("groups", type=config.group_list, metavar="GROUPS", required=True,
            help="NFLOG groups to read, a comma list (e.g. 0,1)"),
-    Option("dst", type=config.endpoint, metavar="DST", required=True,
-           help="ZeroMQ endpoint to PUSH frames to (e.g. tcp://ids.example:1234)"),
+    Option("dst", type=config.endpoint, metavar="DST", required=True, many=True,
+           help="ZeroMQ endpoint to PUSH frames to (e.g. tcp://ids.example:1234); several "
+           "(up to 16) split the traffic by flow: each packet goes to exactly one of them, "
+           "chosen by a symmetric flow hash (--shard-key), each with a queue of its own"),
+    Option("shard_key", ("--shard-key",), choices=tuple(shard.KEYS), default="addr",
+           metavar="addr|ports", help="with several destinations: " + shard.SHARD_KEY_HELP),
     Option("user", ("-u", "--user"), type=config.user_spec, metavar="USER[:GROUP]",
            help="after binding the groups, switch to this user (and its group, or GROUP), "
            "clearing supplementary groups and every capability"),
@@ -319,6 +323,112 @@ class Sender:
                 self._emit(out)
 
 
+class Shard:
+    """One destination of a sharded sender: its socket, its own stream
+    (instance and sequence numbers: two shards may reach one receiver) and
+    its counters (``shard.<i>.*``, added to the totals)."""
+
+    __slots__ = ("index", "dst", "sock", "instance", "seq", "pkt_seq", "waiting", "c")
+
+    def __init__(self, index: int, dst: str, sock: zmq.Socket, counters: Counters):
+        self.index = index
+        self.dst = dst
+        self.sock = sock
+        self.instance = random.getrandbits(32)
+        self.seq = 0
+        self.pkt_seq = 0
+        self.waiting = False
+        self.c = shard.ShardCounters(counters, index)
+        for k in ("packets_out", "bytes_out", "frames_out", "dropped.queue_full"):
+            self.c.setdefault(k, 0)
+
+
+class ShardedSender(Sender):
+    """Several destinations: the C walker has already put each record in the
+    area of its flow's shard; each shard's area becomes a frame to its own
+    socket.  A shard whose queue is full keeps filling its area while the
+    others go on; when its area is full it is dropped and counted for that
+    shard only (``shard.<i>.dropped.queue_full``)."""
+
+    def __init__(self, reader: NflogReader, shards: list[Shard], sender_id: bytes,
+                 rt: runtime.Runtime, qpolicy: QthreshPolicy | None = None):
+        super().__init__(reader, shards[0].sock, sender_id, rt, qpolicy, None)
+        self.shards = shards
+        for i in range(1, len(shards)):
+            reader.shard_frame(i)[frame.HEADER_SIZE : reader.header_room] = sender_id
+        self._final = False
+
+    @property
+    def waiting(self) -> bool:
+        return any(s.waiting for s in getattr(self, "shards", ()))
+
+    @waiting.setter
+    def waiting(self, value: bool) -> None:
+        pass  # per shard (Shard.waiting)
+
+    def _send(self, must: bool = True) -> None:
+        r = self.reader
+        b = r.batch
+        for s in self.shards:
+            i = s.index
+            count = b.shard_count[i]
+            if count:
+                # must: the batch is full; a shard that still has room may wait
+                self._send_shard(s, count, must and (self._final or not r.shard_room(i)))
+
+    def _send_shard(self, s: Shard, count: int, must: bool) -> None:
+        r = self.reader
+        i = s.index
+        raw_len = r.batch.shard_len[i]
+        buf = r.shard_frame(i)
+        frame.HEADER.pack_into(buf, 0, frame.MAGIC, frame.VERSION, 0, frame.CODEC_NONE,
+                               len(self.sid), s.instance, count, s.seq, s.pkt_seq,
+                               raw_len, raw_len)
+        try:
+            s.sock.send(buf, zmq.NOBLOCK)
+        except zmq.Again:
+            if not must:
+                s.waiting = True
+                return
+            s.c["dropped.queue_full"] += count
+            s.c.add("dropped.queue_full_frames")
+        else:
+            s.seq += 1
+            s.pkt_seq += count
+            s.c["packets_out"] += count
+            s.c["bytes_out"] += raw_len - count * 16
+            s.c["frames_out"] += 1
+        s.waiting = False
+        r.reset_shard(i)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.reader.fd, zmq.POLLIN)
+        polling = {s.index: False for s in self.shards}
+        while not self.rt.stopping:
+            for s in self.shards:
+                if s.waiting != polling[s.index]:
+                    poller.register(s.sock, zmq.POLLOUT) if s.waiting else poller.unregister(s.sock)
+                    polling[s.index] = s.waiting
+            timeout = self.rt.timeout(0.5 if not self.qpolicy else 0.1)
+            events = dict(poller.poll(timeout * 1000))
+            for s in self.shards:
+                if s.waiting and s.sock in events:
+                    self._send_shard(s, self.reader.batch.shard_count[s.index], False)
+            if self.reader.fd in events:
+                started = time.monotonic()
+                self.pump()
+                wait = self.pacer.update(self.c["bytes_in"], started, time.monotonic())
+                if wait:
+                    time.sleep(wait)
+            elif self.qpolicy:
+                self._adapt(time.monotonic())
+            self.rt.tick()
+        self.pump()
+        self._final = True
+        self._send(True)
+
+
 def _load_nflog():
     """The NFLOG binding, loaded only by the command that reads NFLOG: the receiver,
     the relays and the query tool run on hosts without libnetfilter_log."""
@@ -353,6 +463,14 @@ def main(argv: list[str] | None = None) -> int:
             return runtime.fatal("--user: %s", e)
     if args.libnflog_nlbufsiz_max < args.libnflog_nlbufsiz:
         return runtime.fatal("--libnflog-nlbufsiz-max is below --libnflog-nlbufsiz")
+    dsts = args.dst
+    if len(dsts) > shard.MAX_SHARDS:
+        return runtime.fatal("at most %d destinations", shard.MAX_SHARDS)
+    if len(set(dsts)) != len(dsts):
+        return runtime.fatal("a destination is given twice: %s", " ".join(dsts))
+    if len(dsts) > 1 and args.rate_control:
+        return runtime.fatal("--rate-control works with one destination only (use the "
+                             "nflog-zmq-compress relay behind each shard)")
     counters = Counters()
     rc = None
     if args.rate_control:
@@ -372,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
             rcvbuf_max=int(args.libnflog_nlbufsiz_max * 2**20),
             kbufsiz=args.libnflog_kbufsiz * 1024, qthresh=1 if adaptive else args.libnflog_qthresh,
             timeout_cs=timeout_cs, batch_bytes=args.batch_size * 1024,
-            header_room=frame.HEADER_SIZE + len(sender_id))
+            header_room=frame.HEADER_SIZE + len(sender_id), shards=len(dsts),
+            shard_key=shard.KEYS[args.shard_key])
     except nflog.NflogError as e:
         return runtime.fatal("cannot set up NFLOG: %s", e)
     # Privileges go before any thread exists: capabilities are per thread and
@@ -392,24 +511,34 @@ def main(argv: list[str] | None = None) -> int:
         reader.close()
         return runtime.fatal("dropping privileges: %s", e)
     ctx = zmq.Context(1)
-    sock = ctx.socket(zmq.PUSH)
-    sock.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
-    sock.sndhwm = args.zmq_buffer_frames
-    sock.linger = int(args.zmq_linger * 1000)
-    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
-    if curve:
-        curve.client(sock)
-    try:
-        sock.connect(args.dst)
-    except zmq.ZMQError as e:
-        reader.close()
-        return runtime.fatal("cannot connect to %s: %s", args.dst, e)
+    socks = []
+    for dst in dsts:
+        sock = ctx.socket(zmq.PUSH)
+        socks.append(sock)
+        sock.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
+        sock.sndhwm = args.zmq_buffer_frames
+        sock.linger = int(args.zmq_linger * 1000)
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
+        if curve:
+            curve.client(sock)
+        try:
+            sock.connect(dst)
+        except zmq.ZMQError as e:
+            reader.close()
+            return runtime.fatal("cannot connect to %s: %s", dst, e)
     rt = runtime.Runtime(SERVICE, args, counters, gauges=lambda: {
         "netlink_queue_bytes": reader.queued_bytes(), "netlink_rcvbuf": reader.kernel_rcvbuf()})
     rt.install_signals()
-    sender = Sender(reader, sock, sender_id, rt, qpolicy, rc)
-    log.info("started", extra={"event": "start", "groups": args.groups, "dst": args.dst,
+    if len(socks) == 1:
+        sender = Sender(reader, socks[0], sender_id, rt, qpolicy, rc)
+    else:
+        sender = ShardedSender(reader, [Shard(i, d, k, counters) for i, (d, k)
+                                        in enumerate(zip(dsts, socks, strict=True))],
+                               sender_id, rt, qpolicy)
+    log.info("started", extra={"event": "start", "groups": args.groups,
+                               "dst": dsts[0] if len(dsts) == 1 else dsts,
+                               "shard_key": args.shard_key if len(dsts) > 1 else None,
                                "sender_id": sender_id.decode(), "instance": sender.instance,
                                "rcvbuf": reader.rcvbuf, "qthresh": args.libnflog_qthresh,
                                "controller_pid": reader._ctl_pid or None,
@@ -419,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         sender.run()
     finally:
         reader.close()
-        sock.close()
+        for sock in socks:
+            sock.close()
         ctx.term()
         rt.finish(sender_id=sender_id.decode(), instance=sender.instance)
     return 0

@@ -25,7 +25,7 @@ from . import config, frame, listen, runtime, security, shard
 from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
-from .output import PcapOutput
+from .output import PcapOutput, check_path
 from .query import QueryServer, buffer_endpoint
 from .ring import Ring, tune_malloc
 from .tap import Tap, tap_endpoint
@@ -291,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         return runtime.fatal("an output is given twice: %s", " ".join(dsts))
     if "-" in dsts and (sys.stdout is None or _closed(1)):
         return runtime.fatal("DST is - but standard output is closed")
+    for dst in dsts if len(dsts) > 1 else ():  # every path checked before any is opened
+        try:
+            if dst != "-":
+                check_path(os.path.realpath(dst), args.fifo_create)
+        except OSError as e:
+            return runtime.fatal("cannot use output %s: %s", dst, e.strerror or e)
     outputs: list[PcapOutput] = []
     for i, dst in enumerate(dsts):
         try:

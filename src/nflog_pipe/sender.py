@@ -10,6 +10,7 @@ packed in place and the frame is queued with one non-blocking send.  Past
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import sys
@@ -328,7 +329,7 @@ class Shard:
     (instance and sequence numbers: two shards may reach one receiver) and
     its counters (``shard.<i>.*``, added to the totals)."""
 
-    __slots__ = ("index", "dst", "sock", "instance", "seq", "pkt_seq", "waiting", "c")
+    __slots__ = ("index", "dst", "sock", "instance", "seq", "pkt_seq", "waiting", "c", "since")
 
     def __init__(self, index: int, dst: str, sock: zmq.Socket, counters: Counters):
         self.index = index
@@ -338,6 +339,7 @@ class Shard:
         self.seq = 0
         self.pkt_seq = 0
         self.waiting = False
+        self.since: float | None = None  # when its oldest unsent record was read
         self.c = shard.ShardCounters(counters, index)
         for k in ("packets_out", "bytes_out", "frames_out", "dropped.queue_full"):
             self.c.setdefault(k, 0)
@@ -348,7 +350,17 @@ class ShardedSender(Sender):
     area of its flow's shard; each shard's area becomes a frame to its own
     socket.  A shard whose queue is full keeps filling its area while the
     others go on; when its area is full it is dropped and counted for that
-    shard only (``shard.<i>.dropped.queue_full``)."""
+    shard only (``shard.<i>.dropped.queue_full``).
+
+    Frames: each shard gets 1/N of every kernel batch.  Sent at once, that
+    would be N times the frames of one destination, and every frame costs a
+    send and a wake-up of ZeroMQ's I/O thread (about 25 % more CPU per packet
+    with 2 shards, bench/RESULTS.md).  So a shard's frame goes out when its
+    area is full, or once its oldest record has waited ``HOLD`` (10 ms, the
+    kernel's own flush period): frames as large as one destination's, for
+    at most 10 ms more latency."""
+
+    HOLD = 0.01
 
     def __init__(self, reader: NflogReader, shards: list[Shard], sender_id: bytes,
                  rt: runtime.Runtime, qpolicy: QthreshPolicy | None = None):
@@ -365,6 +377,43 @@ class ShardedSender(Sender):
     @waiting.setter
     def waiting(self, value: bool) -> None:
         pass  # per shard (Shard.waiting)
+
+    def pump(self) -> None:
+        """Drain the netlink socket; a shard whose area is full goes out at
+        once, the others when their records have waited ``HOLD`` (``due``)."""
+        r = self.reader
+        b = r.batch
+        while True:
+            status = r.read()
+            self._account_kernel()
+            now = time.monotonic()
+            for s in self.shards:
+                if s.since is None and b.shard_count[s.index]:
+                    s.since = now
+            if status == 2:
+                if self.qpolicy:
+                    self._adapt(now)
+                continue
+            if status == 1:  # a shard cannot take another buffer
+                for s in self.shards:
+                    if not r.shard_room(s.index):
+                        self._send_shard(s, b.shard_count[s.index], True)
+                continue
+            break
+        self.due(time.monotonic())
+        if self.qpolicy:
+            self._adapt(time.monotonic())
+
+    def due(self, now: float) -> None:
+        """Send the shards whose oldest record has waited ``HOLD``."""
+        b = self.reader.batch
+        for s in self.shards:
+            if s.since is not None and not s.waiting and now - s.since >= self.HOLD:
+                self._send_shard(s, b.shard_count[s.index], False)
+
+    def next_due(self) -> float | None:
+        t = [s.since for s in self.shards if s.since is not None and not s.waiting]
+        return min(t) + self.HOLD if t else None
 
     def _send(self, must: bool = True) -> None:
         r = self.reader
@@ -399,6 +448,7 @@ class ShardedSender(Sender):
             s.c["bytes_out"] += raw_len - count * 16
             s.c["frames_out"] += 1
         s.waiting = False
+        s.since = None
         r.reset_shard(i)
 
     def run(self) -> None:
@@ -411,6 +461,10 @@ class ShardedSender(Sender):
                     poller.register(s.sock, zmq.POLLOUT) if s.waiting else poller.unregister(s.sock)
                     polling[s.index] = s.waiting
             timeout = self.rt.timeout(0.5 if not self.qpolicy else 0.1)
+            if (due := self.next_due()) is not None:
+                # whole milliseconds, rounded up: zmq_poll truncates, and a
+                # timeout of 0 until the shard is due would spin
+                timeout = min(timeout, math.ceil(max(0.0, due - time.monotonic()) * 1000) / 1000)
             events = dict(poller.poll(timeout * 1000))
             for s in self.shards:
                 if s.waiting and s.sock in events:
@@ -421,8 +475,10 @@ class ShardedSender(Sender):
                 wait = self.pacer.update(self.c["bytes_in"], started, time.monotonic())
                 if wait:
                     time.sleep(wait)
-            elif self.qpolicy:
-                self._adapt(time.monotonic())
+            else:
+                self.due(time.monotonic())
+                if self.qpolicy:
+                    self._adapt(time.monotonic())
             self.rt.tick()
         self.pump()
         self._final = True

@@ -403,7 +403,8 @@ def run_point(env, spec, exe, size, rate, args, run_idx):
         comps = spec.companions(ctx) if spec.companions else []
         for comp in comps:
             o, e = open(ctx.path(f"{comp.name}.out"), "w"), open(ctx.path(f"{comp.name}.err"), "w")
-            p = env.popen(comp.ns, comp.argv, stdout=o, stderr=e, stdin=subprocess.DEVNULL)
+            p = env.popen(comp.ns, comp.argv, stdout=o, stderr=e, stdin=subprocess.DEVNULL,
+                          cpus=args.companion_cpus)
             procs.append((p, comp.stop_signal, o, e))
             time.sleep(comp.settle)
         o, e = open(ctx.path("reader.out"), "w"), open(ctx.path("reader.err"), "w")
@@ -521,6 +522,9 @@ def main(argv=None):
     ap.add_argument("--ipv6", action="store_true", help="send to the sink's IPv6 address")
     ap.add_argument("--gen-cpus", type=cpus_arg, default={0}, help="udpgen CPU affinity ('' = none)")
     ap.add_argument("--reader-cpus", type=cpus_arg, default={1}, help="reader CPU affinity ('' = none)")
+    ap.add_argument("--companion-cpus", type=cpus_arg, default=None,
+                    help="companions' (e.g. receivers') CPU affinity ('' = none, the default): "
+                    "keeps them off the reader's CPU, whose caches they would share")
     ap.add_argument("--drain-max", type=float, default=3.0, help="max seconds to wait for queues to empty")
     ap.add_argument("--custom", action="append", default=[], metavar="NAME=CMD",
                     help="extra reader; CMD may use {group} {port} {sink4} {sink6} {tmp}")

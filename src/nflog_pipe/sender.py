@@ -366,7 +366,7 @@ class ShardedSender(Sender):
                  rt: runtime.Runtime, qpolicy: QthreshPolicy | None = None):
         super().__init__(reader, shards[0].sock, sender_id, rt, qpolicy, None)
         self.shards = shards
-        for i in range(1, len(shards)):
+        for i in range(len(shards)):
             reader.shard_frame(i)[frame.HEADER_SIZE : reader.header_room] = sender_id
         self._final = False
 

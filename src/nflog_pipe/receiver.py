@@ -42,7 +42,7 @@ OPTIONS = [
            "gets a pipe of its own, so the FIFO's directory must be writable), a regular file "
            "(written over), or - for stdout. Several (up to 16): the traffic is split by flow "
            "between them (--shard-key), one IDS per output, each output with its own reader, "
-           "buffer and counters (shard.<i>.*)"),
+           "buffer and counters (shard.<i>.*); in the environment variable, separated by spaces"),
     Option("shard_key", ("--shard-key",), choices=tuple(shard.KEYS), default="addr",
            metavar="addr|ports", help="with several outputs: " + shard.SHARD_KEY_HELP),
     Option("fifo_create", ("--fifo-create",), flag=True, default=False,

@@ -35,7 +35,8 @@ OPTIONS = [
     Option("dst", type=config.endpoint, metavar="DST", required=True, many=True,
            help="ZeroMQ endpoint to PUSH frames to (e.g. tcp://ids.example:1234); several "
            "(up to 16) split the traffic by flow: each packet goes to exactly one of them, "
-           "chosen by a symmetric flow hash (--shard-key), each with a queue of its own"),
+           "chosen by a symmetric flow hash (--shard-key), each with a queue of its own; in "
+           "the environment variable, separated by spaces"),
     Option("shard_key", ("--shard-key",), choices=tuple(shard.KEYS), default="addr",
            metavar="addr|ports", help="with several destinations: " + shard.SHARD_KEY_HELP),
     Option("user", ("-u", "--user"), type=config.user_spec, metavar="USER[:GROUP]",

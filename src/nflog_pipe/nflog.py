@@ -278,6 +278,28 @@ class NflogReader:
         self.batch.len = 0
         self.batch.count = 0
 
+    # -- zero-copy sends: the frame buffer is handed to ZeroMQ, a fresh one used --
+    def new_buffer(self, at: int = 0, data: bytes = b""):
+        """A frame buffer like the reader's own (header room + capacity), with
+        ``data`` written at offset ``at`` of the header room."""
+        buf = ffi.new("unsigned char[]", len(self._frame_buffer))
+        ffi.memmove(buf + at, data, len(data))
+        return buf
+
+    def current_buffer(self, i: int | None = None):
+        return self._frame if i is None else self._shard_frames[i]
+
+    def use_buffer(self, buf, i: int | None = None) -> None:
+        """Fill ``buf`` from now on (the batch, or shard ``i``, must be empty):
+        the previous buffer belongs to ZeroMQ until it has sent it."""
+        n = len(self._frame_buffer)
+        if i is None:
+            self._frame, self._frame_buffer = buf, ffi.buffer(buf, n)
+            self.batch.out = buf + self.header_room
+        else:
+            self._shard_frames[i], self._shard_buffers[i] = buf, ffi.buffer(buf, n)
+            self.batch.shard_out[i] = buf + self.header_room
+
     # -- teardown ----------------------------------------------------------------
     def close(self) -> None:
         """Unbind the groups and close the socket.  Unbinding needs

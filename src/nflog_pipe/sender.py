@@ -9,6 +9,7 @@ packed in place and the frame is queued with one non-blocking send.  Past
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -136,6 +137,42 @@ class DrainPacer:
         return max(self.wait, gap, 0.0)
 
 
+#: frames from this size on are handed to ZeroMQ without a copy (BufferPool);
+#: below it the copy is cheaper than the tracking (bench/RESULTS.md: zero-copy
+#: made 64 B frames of ~110 KiB cost 20 % more, 1400 B frames of ~400 KiB 9 % less)
+ZERO_COPY_MIN = 192 * 1024
+
+
+class BufferPool:
+    """Frame buffers handed to ZeroMQ without a copy (``send(copy=False)``).
+
+    pyzmq's default copies every frame into a ZeroMQ message; a frame is tens
+    to hundreds of KiB here, where that copy is a visible part of the cost
+    per packet.  Without the copy, libzmq reads the buffer itself, later, from
+    its I/O thread: the buffer must not be written again until libzmq has
+    released it (``MessageTracker.done``).  So after each frame the reader
+    goes on in another buffer, and sent buffers come back here once released
+    (in order: one socket sends its frames in order).  At most
+    ``--zmq-buffer-frames`` + a few buffers exist."""
+
+    def __init__(self, reader: NflogReader, sender_id: bytes):
+        self.reader = reader
+        self.sid = sender_id
+        self.free: list = []
+        self.inflight: collections.deque = collections.deque()
+
+    def take(self):
+        inflight = self.inflight
+        while inflight and inflight[0][0].done:
+            self.free.append(inflight.popleft()[1])
+        if self.free:
+            return self.free.pop()
+        return self.reader.new_buffer(frame.HEADER_SIZE, self.sid)
+
+    def sent(self, tracker, buf) -> None:
+        self.inflight.append((tracker, buf))
+
+
 class Sender:
     """Moves batches from an NflogReader to a ZeroMQ socket."""
 
@@ -168,6 +205,7 @@ class Sender:
         if rc is not None:
             self._send = self._send_controlled
         self.waiting = False  # a batch ZeroMQ could not take yet
+        self.pool = BufferPool(reader, sender_id)
 
     def pump(self) -> None:
         """Drain the netlink socket, one frame per batch.  While ZeroMQ's
@@ -234,8 +272,9 @@ class Sender:
         frame.HEADER.pack_into(buf, 0, frame.MAGIC, frame.VERSION, 0, frame.CODEC_NONE,
                                len(self.sid), self.instance, count, self.seq, self.pkt_seq,
                                raw_len, raw_len)
+        zero_copy = len(buf) >= ZERO_COPY_MIN
         try:
-            self.sock.send(buf, zmq.NOBLOCK)
+            tracker = self.sock.send(buf, zmq.NOBLOCK, copy=not zero_copy, track=zero_copy)
         except zmq.Again:
             if not must:  # keep the batch; more records join it, POLLOUT retries
                 self.waiting = True
@@ -243,6 +282,10 @@ class Sender:
             self.c["dropped.queue_full"] += count
             self.c.add("dropped.queue_full_frames")
         else:
+            if zero_copy:  # the buffer is ZeroMQ's until sent: the next batch goes elsewhere
+                self.pool.sent(tracker, r.current_buffer())
+                r.reset()
+                r.use_buffer(self.pool.take())
             self.seq += 1
             self.pkt_seq += count
             self.c["packets_out"] += count
@@ -330,7 +373,8 @@ class Shard:
     (instance and sequence numbers: two shards may reach one receiver) and
     its counters (``shard.<i>.*``, added to the totals)."""
 
-    __slots__ = ("index", "dst", "sock", "instance", "seq", "pkt_seq", "waiting", "c", "since")
+    __slots__ = ("index", "dst", "sock", "instance", "seq", "pkt_seq", "waiting", "c", "since",
+                 "pool")
 
     def __init__(self, index: int, dst: str, sock: zmq.Socket, counters: Counters):
         self.index = index
@@ -367,8 +411,9 @@ class ShardedSender(Sender):
                  rt: runtime.Runtime, qpolicy: QthreshPolicy | None = None):
         super().__init__(reader, shards[0].sock, sender_id, rt, qpolicy, None)
         self.shards = shards
-        for i in range(len(shards)):
+        for i, s in enumerate(shards):
             reader.shard_frame(i)[frame.HEADER_SIZE : reader.header_room] = sender_id
+            s.pool = BufferPool(reader, sender_id)
         self._final = False
 
     @property
@@ -434,8 +479,9 @@ class ShardedSender(Sender):
         frame.HEADER.pack_into(buf, 0, frame.MAGIC, frame.VERSION, 0, frame.CODEC_NONE,
                                len(self.sid), s.instance, count, s.seq, s.pkt_seq,
                                raw_len, raw_len)
+        zero_copy = len(buf) >= ZERO_COPY_MIN
         try:
-            s.sock.send(buf, zmq.NOBLOCK)
+            tracker = s.sock.send(buf, zmq.NOBLOCK, copy=not zero_copy, track=zero_copy)
         except zmq.Again:
             if not must:
                 s.waiting = True
@@ -443,6 +489,10 @@ class ShardedSender(Sender):
             s.c["dropped.queue_full"] += count
             s.c.add("dropped.queue_full_frames")
         else:
+            if zero_copy:
+                s.pool.sent(tracker, r.current_buffer(i))
+                r.reset_shard(i)
+                r.use_buffer(s.pool.take(), i)
             s.seq += 1
             s.pkt_seq += count
             s.c["packets_out"] += count

@@ -325,19 +325,23 @@ def start_sender(env: NetnsPair, group: int, **kw) -> subprocess.Popen:
     return send
 
 
-def _zmq_send_spec(name: str, *extra: str, note: str, tree: str | None = None) -> ReaderSpec:
-    """``tree``: run the sender of another built checkout (project_command)."""
+def _zmq_send_spec(name: str, *extra: str, note: str, tree: str | None = None,
+                   shards: int = 1) -> ReaderSpec:
+    """``tree``: run the sender of another built checkout (project_command).
+    ``shards``: that many destinations (ports 5557...), a receiver each."""
     cmd = project_command("nflog-zmq-send", "sender", tree)
+    ports = range(5557, 5557 + shards)
     return ReaderSpec(
         name=name,
-        argv=lambda c: [*cmd, str(c.group), f"tcp://{c.env.sink4}:5557",
+        argv=lambda c: [*cmd, str(c.group), *(f"tcp://{c.env.sink4}:{p}" for p in ports),
                         "--log-format", "json", *extra],
-        companions=lambda c: [Companion("recv", "sink", [
-            _project("nflog-pcap-recv"), f"tcp://{c.env.sink4}:5557", "/dev/null",
-            "--log-format", "json"])],
-        # delivered = what the receiver wrote; the sender's own view of its
+        companions=lambda c: [Companion("recv" if p == 5557 else f"recv{p}", "sink", [
+            _project("nflog-pcap-recv"), f"tcp://{c.env.sink4}:{p}", "/dev/null",
+            "--log-format", "json"]) for p in ports],
+        # delivered = what the receivers wrote; the sender's own view of its
         # losses is in its totals (kernel_overrun, queue_full)
-        count=lambda c: _totals(c.stderr("recv"))["packets_out"],
+        count=lambda c: sum(_totals(c.stderr("recv" if p == 5557 else f"recv{p}"))["packets_out"]
+                            for p in ports),
         details=lambda c: {"sender_" + k: v for k, v in _totals(c.stderr("reader")).items()
                            if k.startswith(("dropped.", "kernel_")) or k == "frames_out"},
         requires=[_project("nflog-zmq-send"), _project("nflog-pcap-recv")],
@@ -347,6 +351,11 @@ def _zmq_send_spec(name: str, *extra: str, note: str, tree: str | None = None) -
 register_reader(_zmq_send_spec(
     "nflog-zmq-send", note="this project, default options, to nflog-pcap-recv in the sink "
     "namespace writing /dev/null; count = records the receiver wrote"))
+for _n in (2, 4):
+    register_reader(_zmq_send_spec(
+        f"nflog-zmq-send-{_n}shards", "--shard-key", "ports", shards=_n,
+        note=f"this project, {_n} destinations (flow-sharded by ports: run with --flows), a "
+        "receiver each writing /dev/null; count = records the receivers wrote"))
 
 
 def custom_spec(name: str, cmd: str, companion: str | None) -> ReaderSpec:
@@ -394,7 +403,8 @@ def run_point(env, spec, exe, size, rate, args, run_idx):
         comps = spec.companions(ctx) if spec.companions else []
         for comp in comps:
             o, e = open(ctx.path(f"{comp.name}.out"), "w"), open(ctx.path(f"{comp.name}.err"), "w")
-            p = env.popen(comp.ns, comp.argv, stdout=o, stderr=e, stdin=subprocess.DEVNULL)
+            p = env.popen(comp.ns, comp.argv, stdout=o, stderr=e, stdin=subprocess.DEVNULL,
+                          cpus=args.companion_cpus)
             procs.append((p, comp.stop_signal, o, e))
             time.sleep(comp.settle)
         o, e = open(ctx.path("reader.out"), "w"), open(ctx.path("reader.err"), "w")
@@ -415,7 +425,8 @@ def run_point(env, spec, exe, size, rate, args, run_idx):
         count = rate * args.duration if rate else int(args.duration * 2_000_000)
         addr = env.sink6 if args.ipv6 else env.sink4
         gen = env.popen("gw", [exe["udpgen"], addr, str(args.port), str(size),
-                               str(rate), str(int(count)), str(args.duration)],
+                               str(rate), str(int(count)), str(args.duration), "32",
+                               str(args.flows)],
                         cpus=args.gen_cpus, stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE, text=True)
         rc, ru = wait_rusage(gen, args.duration + 10)
@@ -506,9 +517,14 @@ def main(argv=None):
     ap.add_argument("--group", type=int, default=5, help="NFLOG group")
     ap.add_argument("--port", type=int, default=9999, help="UDP destination port")
     ap.add_argument("--threshold", type=int, default=None, help="--nflog-threshold of the rule")
+    ap.add_argument("--flows", type=int, default=1, help="UDP flows (destination ports "
+                    "PORT..PORT+FLOWS-1, at most 64): the sharded senders need several")
     ap.add_argument("--ipv6", action="store_true", help="send to the sink's IPv6 address")
     ap.add_argument("--gen-cpus", type=cpus_arg, default={0}, help="udpgen CPU affinity ('' = none)")
     ap.add_argument("--reader-cpus", type=cpus_arg, default={1}, help="reader CPU affinity ('' = none)")
+    ap.add_argument("--companion-cpus", type=cpus_arg, default=None,
+                    help="companions' (e.g. receivers') CPU affinity ('' = none, the default): "
+                    "keeps them off the reader's CPU, whose caches they would share")
     ap.add_argument("--drain-max", type=float, default=3.0, help="max seconds to wait for queues to empty")
     ap.add_argument("--custom", action="append", default=[], metavar="NAME=CMD",
                     help="extra reader; CMD may use {group} {port} {sink4} {sink6} {tmp}")

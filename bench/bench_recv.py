@@ -69,7 +69,7 @@ def make_frames(payload: int, frame_kib: int, n_frames: int = 8) -> list[tuple[b
         recs, n = bytearray(), 0
         while len(recs) + 16 + size <= frame_kib * 1024:
             ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, size, n & 0xFFFF, 0x4000, 64, 17, 0,
-                             bytes([10, 213, 0, 1]), bytes([10, 213, 0, 2]))
+                             bytes([10, 213, (n >> 8) & 0xFF, n & 0xFF]), bytes([10, 214, 0, 2]))
             udp = struct.pack(">HHHH", 40000 + f, 9999, 8 + payload, 0)
             body = rnd.randbytes(payload)
             recs += pcap.record(now, n, ip + udp + body)
@@ -140,15 +140,19 @@ def _t(rec: dict) -> float:
 
 def run_once(mode: str, rate: int, a) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench_recv."))
-    fifo = tmp / "out.pcap"
-    os.mkfifo(fifo)
+    base = mode.partition("@")[0]
+    # mode shardsN: N outputs (flow-sharded), a dd on each
+    nout = int(base[6:]) if base.startswith("shards") else 1
+    fifos = [tmp / f"out{i}.pcap" for i in range(nout)]
+    for f in fifos:
+        os.mkfifo(f)
     src = f"tcp://127.0.0.1:{free_port()}"
     log = tmp / "recv.log"
     procs: list[subprocess.Popen] = []
     try:
-        dd = subprocess.Popen(_pin(a.aux_cpu) + ["dd", f"if={fifo}", "of=/dev/null", "bs=1M",
-                                                 "status=none"])
-        procs.append(dd)
+        dds = [subprocess.Popen(_pin(a.aux_cpu) + ["dd", f"if={f}", "of=/dev/null", "bs=1M",
+                                                   "status=none"]) for f in fifos]
+        procs.extend(dds)
         base, _, tree = mode.partition("@")  # MODE@NAME: another checkout's receiver (--tree)
         cmd = project_command("nflog-pcap-recv", "receiver", a.trees[tree] if tree else None)
         extra = []
@@ -157,12 +161,12 @@ def run_once(mode: str, rate: int, a) -> dict:
                      "--buffer-window", str(a.window)]
         with open(log, "w") as err:
             recv = subprocess.Popen(_pin(a.recv_cpu) + [
-                *cmd, src, str(fifo), *extra,
+                *cmd, src, *map(str, fifos), *extra,
                 "--stats-interval", str(STATS_INTERVAL), "--log-format", "json"],
                 stderr=err, stdout=subprocess.DEVNULL)
         procs.append(recv)
         deadline = time.monotonic() + 20
-        while '"reader_attached"' not in log.read_text():
+        while log.read_text().count('"reader_attached"') < nout:
             if time.monotonic() > deadline or recv.poll() is not None:
                 raise RuntimeError("receiver did not start:\n" + log.read_text()[-2000:])
             time.sleep(0.05)
@@ -190,7 +194,8 @@ def run_once(mode: str, rate: int, a) -> dict:
                       and k != "dropped.evicted" and not k.endswith(("_bytes", "_frames")))
         recv.send_signal(signal.SIGTERM)
         recv.wait(30)
-        dd.wait(30)
+        for dd in dds:
+            dd.wait(30)
         totals = next((r["counters"] for r in _records(log) if r.get("event") == "totals"), {})
         return {"mode": mode, "rate": rate, "pps": pps, "in_pps": in_pps,
                 "loss": dropped / (span * in_pps) if in_pps else 0.0,
@@ -255,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default="max,1000000",
                    help="offered packets/s; max: as fast as the receiver takes them")
     p.add_argument("--modes", default="plain,buffer",
-                   help="plain: default options; buffer: + --buffer-interface")
+                   help="plain: default options; buffer: + --buffer-interface; shardsN: N flow-sharded "
+                   "outputs (a dd each)")
     p.add_argument("--window", type=float, default=64.0, help="--buffer-window MiB (buffer mode)")
     p.add_argument("--recv-cpu", type=int, default=0, help="CPU of the receiver")
     p.add_argument("--aux-cpu", type=int, default=1, help="CPU of generator and dd")

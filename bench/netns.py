@@ -105,16 +105,17 @@ class NetnsPair:
             self._ip(ns, "-6", "neigh", "replace", peer6, "lladdr", mac[peer],
                      "dev", dev, "nud", "permanent")
         for tool, dst in (("iptables", self.sink4), ("ip6tables", self.sink6)):
+            # a range: udpgen's FLOWS (sharded sender benchmark) use PORT..PORT+63
             rule = ["-A", "OUTPUT", "-d", dst, "-p", "udp", "--dport",
-                    str(self.port), "-j", "NFLOG", "--nflog-group",
+                    f"{self.port}:{self.port + 63}", "-j", "NFLOG", "--nflog-group",
                     str(self.group), "--nflog-size", str(self.nflog_size)]
             if self.threshold is not None:
                 rule += ["--nflog-threshold", str(self.threshold)]
             self.exec_check("gw", [tool, *rule])
             if self.drop_in_sink:
                 self.exec_check("sink", [tool, "-t", "raw", "-A", "PREROUTING",
-                                         "-p", "udp", "--dport", str(self.port),
-                                         "-j", "DROP"])
+                                         "-p", "udp", "--dport",
+                                         f"{self.port}:{self.port + 63}", "-j", "DROP"])
 
     def teardown(self):
         """Kill whatever still runs in our namespaces (by PID), delete them."""

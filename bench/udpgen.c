@@ -1,7 +1,7 @@
 /*
  * udpgen - small UDP traffic generator for the NFLOG reader benchmark.
  *
- * usage: udpgen ADDR PORT SIZE RATE COUNT MAXSECS [BATCH]
+ * usage: udpgen ADDR PORT SIZE RATE COUNT MAXSECS [BATCH [FLOWS]]
  *
  *   ADDR     destination IPv4 or IPv6 address (numeric)
  *   PORT     destination UDP port
@@ -10,6 +10,8 @@
  *   COUNT    number of packets to send (hard bound)
  *   MAXSECS  maximum duration in seconds (hard bound, may be fractional)
  *   BATCH    packets per sendmmsg() call (default 32, max 1024)
+ *   FLOWS    destination ports PORT..PORT+FLOWS-1 in turn (default 1, max 64):
+ *            that many flows, for the sharded sender's benchmark
  *
  * Payload layout (so that a receiver-side tool can compute loss/latency):
  *   bytes 0..7   sequence number, uint64, big-endian, starting at 0
@@ -89,18 +91,19 @@ int main(int argc, char **argv)
 {
 	struct sockaddr_storage dst;
 	socklen_t dstlen;
-	long long port, size, rate, count, batch = 32;
+	long long port, size, rate, count, batch = 32, flows = 1;
 	double maxsecs;
 	char *end;
 
-	if (argc < 7 || argc > 8)
+	if (argc < 7 || argc > 9)
 		usage(argv[0]);
 	memset(&dst, 0, sizeof(dst));
 	if (parse_ll(argv[2], 1, 65535, &port) ||
 	    parse_ll(argv[3], 16, 65507, &size) ||
 	    parse_ll(argv[4], 0, 100000000, &rate) ||
 	    parse_ll(argv[5], 0, (long long)1 << 48, &count) ||
-	    (argc == 8 && parse_ll(argv[7], 1, MAX_BATCH, &batch)))
+	    (argc >= 8 && parse_ll(argv[7], 1, MAX_BATCH, &batch)) ||
+	    (argc == 9 && parse_ll(argv[8], 1, 64, &flows)))
 		usage(argv[0]);
 	maxsecs = strtod(argv[6], &end);
 	if (*end || end == argv[6] || !(maxsecs > 0) || maxsecs > 86400)
@@ -139,7 +142,8 @@ int main(int argc, char **argv)
 	unsigned char *bufs = malloc((size_t)batch * (size_t)size);
 	struct mmsghdr *msgs = calloc((size_t)batch, sizeof(*msgs));
 	struct iovec *iovs = calloc((size_t)batch, sizeof(*iovs));
-	if (!bufs || !msgs || !iovs) {
+	struct sockaddr_storage *dsts = calloc((size_t)batch, sizeof(*dsts));
+	if (!bufs || !msgs || !iovs || !dsts) {
 		fprintf(stderr, "udpgen: out of memory\n");
 		return 1;
 	}
@@ -149,7 +153,12 @@ int main(int argc, char **argv)
 			b[j] = (unsigned char)j;
 		iovs[i].iov_base = b;
 		iovs[i].iov_len = (size_t)size;
-		msgs[i].msg_hdr.msg_name = &dst;
+		dsts[i] = dst;
+		if (dst.ss_family == AF_INET)
+			((struct sockaddr_in *)&dsts[i])->sin_port = htons((uint16_t)(port + i % flows));
+		else
+			((struct sockaddr_in6 *)&dsts[i])->sin6_port = htons((uint16_t)(port + i % flows));
+		msgs[i].msg_hdr.msg_name = &dsts[i];
 		msgs[i].msg_hdr.msg_namelen = dstlen;
 		msgs[i].msg_hdr.msg_iov = &iovs[i];
 		msgs[i].msg_hdr.msg_iovlen = 1;

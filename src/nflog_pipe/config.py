@@ -33,6 +33,9 @@ class Option:
     flag: bool = False  # a switch (store_true)
     choices: tuple[str, ...] | None = None
     required: bool = False
+    #: a positional argument that takes one or more values (a list); its
+    #: environment variable holds them separated by spaces
+    many: bool = False
     #: an option of the original tool that cannot keep its meaning: using it
     #: (or its variable) is a one-line error with this text, naming the
     #: replacement (docs/migration.md)
@@ -347,6 +350,8 @@ def _env_value(opt: Option, raw: str) -> Any:
         if low in _FALSE:
             return False
         raise ValueError(f"{opt.env}={raw!r}: expected one of 1/0, true/false, yes/no, on/off")
+    if opt.many:
+        return [opt.type(v) for v in raw.split()] or None
     value = opt.type(raw)
     if opt.choices and value not in opt.choices:
         raise ValueError(f"{opt.env}={raw!r}: expected one of {', '.join(opt.choices)}")
@@ -393,8 +398,9 @@ def build_parser(prog: str, description: str, options: Iterable[Option],
         rng = getattr(opt.type, "range", None)
         help_text = f"{opt.help} [{rng + '; ' if rng else ''}env {opt.env}; default: {shown}]"
         if not opt.flags:
-            parser.add_argument(opt.name, metavar=opt.metavar or opt.name.upper(), nargs="?",
-                                type=opt.type, default=default, help=help_text)
+            parser.add_argument(opt.name, metavar=opt.metavar or opt.name.upper(),
+                                nargs="*" if opt.many else "?", type=opt.type, default=default,
+                                help=help_text)
             if opt.required:
                 parser.get_default("_required").append(opt)
         elif opt.flag:
@@ -413,7 +419,7 @@ def parse_args(prog: str, description: str, options: Iterable[Option],
     parser = build_parser(prog, description, options, environ)
     args = parser.parse_args(argv)
     for opt in args._required:
-        if getattr(args, opt.name) is None:
+        if getattr(args, opt.name) in (None, []):
             parser.error(f"{opt.metavar or opt.name.upper()} is required (argument or {opt.env})")
     del args._required
     for opt in options:

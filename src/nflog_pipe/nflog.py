@@ -59,7 +59,7 @@ class NflogReader:
     def __init__(self, groups: list[int], *, rcvbuf: int = 10 << 20, rcvbuf_max: int = 64 << 20,
                  kbufsiz: int = KBUFSIZ_MAX, qthresh: int | None = None,
                  timeout_cs: int | None = None, batch_bytes: int = 256 * 1024,
-                 header_room: int = 0):
+                 header_room: int = 0, shards: int = 1, shard_key: int = 0):
         if not KBUFSIZ_MIN <= kbufsiz <= KBUFSIZ_MAX:
             raise NflogError(errno.ERANGE, f"kernel batch buffer {kbufsiz} bytes: the kernel "
                              f"accepts {KBUFSIZ_MIN} to {KBUFSIZ_MAX} and ignores anything else")
@@ -100,6 +100,21 @@ class NflogReader:
         for i, g in enumerate(groups):
             self.batch.groups[i] = g
         self._frame_buffer = ffi.buffer(self._frame, header_room + cap)
+        # with several destinations the walker writes each record into the
+        # area of its flow's shard (flowhash.h): one frame buffer per shard
+        self.shards = shards
+        self._shard_frames: list = []
+        self._shard_buffers: list = []
+        if shards > 1:
+            if shards > lib.NZP_MAX_SHARDS:
+                raise NflogError(errno.EINVAL, f"at most {lib.NZP_MAX_SHARDS} destinations")
+            self.batch.nshards = shards
+            self.batch.shard_key = shard_key
+            for i in range(shards):
+                f = self._frame if i == 0 else ffi.new("unsigned char[]", header_room + cap)
+                self._shard_frames.append(f)
+                self._shard_buffers.append(ffi.buffer(f, header_room + cap))
+                self.batch.shard_out[i] = f + header_room
 
     # -- control plane ---------------------------------------------------------
     def _bind(self, group: int, kbufsiz: int, qthresh: int | None, timeout_cs: int | None) -> None:
@@ -269,7 +284,21 @@ class NflogReader:
 
     @property
     def count(self) -> int:
+        if self.shards > 1:
+            return sum(self.batch.shard_count[0 : self.shards])
         return self.batch.count
+
+    def shard_frame(self, i: int) -> memoryview:
+        """Header room followed by the record area of shard ``i``."""
+        return memoryview(self._shard_buffers[i])[: self.header_room + self.batch.shard_len[i]]
+
+    def shard_room(self, i: int) -> bool:
+        """Whether shard ``i``'s area can still take a whole netlink buffer."""
+        return self.batch.cap - self.batch.shard_len[i] >= RECV_BUFSIZE
+
+    def reset_shard(self, i: int) -> None:
+        self.batch.shard_len[i] = 0
+        self.batch.shard_count[i] = 0
 
     def frame(self) -> memoryview:
         """Header room followed by the record area of the current batch."""
@@ -278,6 +307,28 @@ class NflogReader:
     def reset(self) -> None:
         self.batch.len = 0
         self.batch.count = 0
+
+    # -- zero-copy sends: the frame buffer is handed to ZeroMQ, a fresh one used --
+    def new_buffer(self, at: int = 0, data: bytes = b""):
+        """A frame buffer like the reader's own (header room + capacity), with
+        ``data`` written at offset ``at`` of the header room."""
+        buf = ffi.new("unsigned char[]", len(self._frame_buffer))
+        ffi.memmove(buf + at, data, len(data))
+        return buf
+
+    def current_buffer(self, i: int | None = None):
+        return self._frame if i is None else self._shard_frames[i]
+
+    def use_buffer(self, buf, i: int | None = None) -> None:
+        """Fill ``buf`` from now on (the batch, or shard ``i``, must be empty):
+        the previous buffer belongs to ZeroMQ until it has sent it."""
+        n = len(self._frame_buffer)
+        if i is None:
+            self._frame, self._frame_buffer = buf, ffi.buffer(buf, n)
+            self.batch.out = buf + self.header_room
+        else:
+            self._shard_frames[i], self._shard_buffers[i] = buf, ffi.buffer(buf, n)
+            self.batch.shard_out[i] = buf + self.header_room
 
     # -- teardown ----------------------------------------------------------------
     def close(self) -> None:

@@ -22,11 +22,11 @@ import time
 
 import zmq
 
-from . import config, frame, listen, runtime, security
+from . import config, frame, listen, runtime, security, shard
 from .config import Option
 from .logs import RateLimited
 from .metrics import Counters
-from .output import PcapOutput
+from .output import PcapOutput, check_path
 from .query.protocol import buffer_endpoint
 from .query.server import QueryServer
 from .ring import Ring, tune_malloc
@@ -39,10 +39,14 @@ SERVICE = "recv"
 OPTIONS = [
     Option("src", type=config.endpoint, metavar="SRC", required=True,
            help="ZeroMQ endpoint to bind (PULL); many senders may connect"),
-    Option("dst", type=config.path, metavar="DST", required=True,
+    Option("dst", type=config.path, metavar="DST", required=True, many=True,
            help="where the pcap stream goes: a FIFO (an IDS reads it with -r; every reader "
            "gets a pipe of its own, so the FIFO's directory must be writable), a regular file "
-           "(written over), or - for stdout"),
+           "(written over), or - for stdout. Several (up to 16): the traffic is split by flow "
+           "between them (--shard-key), one IDS per output, each output with its own reader, "
+           "buffer and counters (shard.<i>.*); in the environment variable, separated by spaces"),
+    Option("shard_key", ("--shard-key",), choices=tuple(shard.KEYS), default="addr",
+           metavar="addr|ports", help="with several outputs: " + shard.SHARD_KEY_HELP),
     Option("fifo_create", ("--fifo-create",), flag=True, default=False,
            help="create DST as a FIFO if it does not exist (a regular file at DST is then "
            "an error, never overwritten)"),
@@ -91,9 +95,13 @@ OPTIONS = [
 class Receiver:
     """Frame handling, independent of the socket loop (tests drive it)."""
 
-    def __init__(self, output: PcapOutput, counters: Counters, ring: Ring | None = None,
-                 tap: Tap | None = None):
-        self.output = output
+    def __init__(self, output: PcapOutput | list[PcapOutput], counters: Counters,
+                 ring: Ring | None = None, tap: Tap | None = None, shard_key: str = "addr"):
+        self.outputs = output if isinstance(output, list) else [output]
+        self.output = self.outputs[0]
+        # several outputs: each frame's records are split by flow, in C
+        self.splitter = (shard.Splitter(len(self.outputs), shard_key)
+                         if len(self.outputs) > 1 else None)
         self.c = counters
         self.ring = ring
         self.tap = tap
@@ -108,7 +116,13 @@ class Receiver:
         f = self.tracker.accept(data, peer)
         if f is None:
             return None
-        self.output.write(f.records, f.count)
+        if self.splitter is None:
+            self.output.write(f.records, f.count)
+        else:
+            for out, (records, count) in zip(self.outputs,
+                                             self.splitter.split(f.records, f.count), strict=True):
+                if count:
+                    out.write(records, count)
         if self.ring is not None:
             self.ring.append(f.records, f.count)
         if self.tap is not None and self.tap.clients:
@@ -117,10 +131,52 @@ class Receiver:
 
 
 
-def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput,
+class OutputSet:
+    """Several outputs (one per shard) seen by the loop as one: each keeps its
+    own readers, queue and accounting (``shard.<i>.*`` counters)."""
+
+    def __init__(self, outputs: list[PcapOutput]):
+        self.outputs = outputs
+        self.kind = outputs[0].kind
+
+    def poll_items(self) -> list[tuple[int, bool]]:
+        return [item for o in self.outputs for item in o.poll_items()]
+
+    def check_reader(self) -> None:
+        for o in self.outputs:
+            o.check_reader()
+
+    def try_attach(self) -> None:
+        for o in self.outputs:
+            o.try_attach()
+
+    def flush(self) -> None:
+        for o in self.outputs:
+            if o.wants_write:
+                o.flush()
+
+    @property
+    def wants_write(self) -> bool:
+        return any(o.wants_write for o in self.outputs)
+
+    @property
+    def closed(self) -> bool:
+        return any(o.closed for o in self.outputs)
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(o.pending_bytes for o in self.outputs)
+
+    def close(self) -> None:
+        for o in self.outputs:
+            o.close()
+
+
+def run(args, rt: runtime.Runtime, pull: zmq.Socket, output: PcapOutput | OutputSet,
         ring: Ring | None = None, queries: QueryServer | None = None,
         tap: Tap | None = None, monitors: list[listen.Monitor] = ()) -> Receiver:
-    recv = Receiver(output, rt.counters, ring, tap)
+    recv = Receiver(output.outputs if isinstance(output, OutputSet) else output, rt.counters,
+                    ring, tap, getattr(args, "shard_key", "addr"))
     poller = zmq.Poller()
     registered: dict = {}
     next_check = 0.0
@@ -273,6 +329,35 @@ def _gauges(output, ring, queries, tap):
     return gauges
 
 
+def _open_outputs(args, counters) -> PcapOutput | OutputSet | int:
+    """Every DST checked before any is opened, then opened: one output, or one per shard
+    (split by the flow hash); an int is the exit code of a start-up error."""
+    dsts = args.dst
+    if len(dsts) > shard.MAX_SHARDS:
+        return runtime.fatal("at most %d outputs", shard.MAX_SHARDS)
+    if len({os.path.realpath(d) if d != "-" else d for d in dsts}) != len(dsts):
+        return runtime.fatal("an output is given twice: %s", " ".join(dsts))
+    if "-" in dsts and (sys.stdout is None or _closed(1)):
+        return runtime.fatal("DST is - but standard output is closed")
+    for dst in dsts if len(dsts) > 1 else ():
+        try:
+            if dst != "-":
+                check_path(os.path.realpath(dst), args.fifo_create)
+        except OSError as e:
+            return runtime.fatal("cannot use output %s: %s", dst, e.strerror or e)
+    outputs: list[PcapOutput] = []
+    for i, dst in enumerate(dsts):
+        try:
+            outputs.append(PcapOutput(dst, counters if len(dsts) == 1
+                                      else shard.ShardCounters(counters, i),
+                                      int(args.output_buffer * 2**20), args.fifo_create))
+        except OSError as e:
+            for o in outputs:
+                o.close(0)
+            return runtime.fatal("cannot use output %s: %s", dst, e.strerror or e)
+    return outputs[0] if len(outputs) == 1 else OutputSet(outputs)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = config.parse_args("nflog-pcap-recv", __doc__.split("\n\n")[0], OPTIONS, argv)
     runtime.ignore_hangup()
@@ -288,12 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     refused = _exposed(args, curve)
     if refused is not None:
         return refused
-    if args.dst == "-" and (sys.stdout is None or _closed(1)):
-        return runtime.fatal("DST is - but standard output is closed")
-    try:
-        output = PcapOutput(args.dst, counters, int(args.output_buffer * 2**20), args.fifo_create)
-    except OSError as e:
-        return runtime.fatal("cannot use output %s: %s", args.dst, e.strerror or e)
+    output = _open_outputs(args, counters)
+    if isinstance(output, int):
+        return output
     rt = recv = None
     # cleanup in reverse order of set-up, on every path (fatal ones too): monitors,
     # tap, queries, sockets, output, the authenticator, the context; then the totals
@@ -327,7 +409,10 @@ def main(argv: list[str] | None = None) -> int:
         rt.install_signals()
         if curve and curve.allow:
             rt.on_reload("CURVE allow-list", curve.allow.reload)
-        log.info("started", extra={"event": "start", "src": args.src, "dst": args.dst,
+        dsts = args.dst
+        log.info("started", extra={"event": "start", "src": args.src,
+                                   "dst": dsts[0] if len(dsts) == 1 else dsts,
+                                   "shard_key": args.shard_key if len(dsts) > 1 else None,
                                    "output": output.kind, "buffer_interface": args.buffer_interface,
                                    "curve": bool(curve), **limits,
                                    "buffer_window_bytes": ring.window if ring else None,
@@ -338,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.close()
             rt.finish(senders=recv.per_sender() if recv else {})
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

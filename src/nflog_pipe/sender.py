@@ -9,8 +9,10 @@ packed in place and the frame is queued with one non-blocking send.  Past
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import math
 import os
 import random
 import sys
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from . import config, frame, privs, ratecontrol, runtime, security
+from . import config, frame, privs, ratecontrol, runtime, security, shard
 from .config import Option
 from .metrics import Counters
 
@@ -32,8 +34,13 @@ SERVICE = "send"
 OPTIONS = [
     Option("groups", type=config.group_list, metavar="GROUPS", required=True,
            help="NFLOG groups to read, a comma list (e.g. 0,1)"),
-    Option("dst", type=config.endpoint, metavar="DST", required=True,
-           help="ZeroMQ endpoint to PUSH frames to (e.g. tcp://ids.example:1234)"),
+    Option("dst", type=config.endpoint, metavar="DST", required=True, many=True,
+           help="ZeroMQ endpoint to PUSH frames to (e.g. tcp://ids.example:1234); several "
+           "(up to 16) split the traffic by flow: each packet goes to exactly one of them, "
+           "chosen by a symmetric flow hash (--shard-key), each with a queue of its own; in "
+           "the environment variable, separated by spaces"),
+    Option("shard_key", ("--shard-key",), choices=tuple(shard.KEYS), default="addr",
+           metavar="addr|ports", help="with several destinations: " + shard.SHARD_KEY_HELP),
     Option("user", ("-u", "--user"), type=config.user_spec, metavar="USER[:GROUP]",
            help="after binding the groups, switch to this user (and its group, or GROUP), "
            "clearing supplementary groups and every capability"),
@@ -131,6 +138,42 @@ class DrainPacer:
         return max(self.wait, gap, 0.0)
 
 
+#: frames from this size on are handed to ZeroMQ without a copy (BufferPool);
+#: below it the copy is cheaper than the tracking (bench/RESULTS.md: zero-copy
+#: made 64 B frames of ~110 KiB cost 20 % more, 1400 B frames of ~400 KiB 9 % less)
+ZERO_COPY_MIN = 192 * 1024
+
+
+class BufferPool:
+    """Frame buffers handed to ZeroMQ without a copy (``send(copy=False)``).
+
+    pyzmq's default copies every frame into a ZeroMQ message; a frame is tens
+    to hundreds of KiB here, where that copy is a visible part of the cost
+    per packet.  Without the copy, libzmq reads the buffer itself, later, from
+    its I/O thread: the buffer must not be written again until libzmq has
+    released it (``MessageTracker.done``).  So after each frame the reader
+    goes on in another buffer, and sent buffers come back here once released
+    (in order: one socket sends its frames in order).  At most
+    ``--zmq-buffer-frames`` + a few buffers exist."""
+
+    def __init__(self, reader: NflogReader, sender_id: bytes):
+        self.reader = reader
+        self.sid = sender_id
+        self.free: list = []
+        self.inflight: collections.deque = collections.deque()
+
+    def take(self):
+        inflight = self.inflight
+        while inflight and inflight[0][0].done:
+            self.free.append(inflight.popleft()[1])
+        if self.free:
+            return self.free.pop()
+        return self.reader.new_buffer(frame.HEADER_SIZE, self.sid)
+
+    def sent(self, tracker, buf) -> None:
+        self.inflight.append((tracker, buf))
+
+
 class Sender:
     """Moves batches from an NflogReader to a ZeroMQ socket."""
 
@@ -163,6 +206,7 @@ class Sender:
         if rc is not None:
             self._send = self._send_controlled
         self.waiting = False  # a batch ZeroMQ could not take yet
+        self.pool = BufferPool(reader, sender_id)
 
     def pump(self) -> None:
         """Drain the netlink socket, one frame per batch.  While ZeroMQ's
@@ -229,8 +273,9 @@ class Sender:
         frame.HEADER.pack_into(buf, 0, frame.MAGIC, frame.VERSION, 0, frame.CODEC_NONE,
                                len(self.sid), self.instance, count, self.seq, self.pkt_seq,
                                raw_len, raw_len)
+        zero_copy = len(buf) >= ZERO_COPY_MIN
         try:
-            self.sock.send(buf, zmq.NOBLOCK)
+            tracker = self.sock.send(buf, zmq.NOBLOCK, copy=not zero_copy, track=zero_copy)
         except zmq.Again:
             if not must:  # keep the batch; more records join it, POLLOUT retries
                 self.waiting = True
@@ -238,6 +283,10 @@ class Sender:
             self.c["dropped.queue_full"] += count
             self.c.add("frames_dropped.queue_full")
         else:
+            if zero_copy:  # the buffer is ZeroMQ's until sent: the next batch goes elsewhere
+                self.pool.sent(tracker, r.current_buffer())
+                r.reset()
+                r.use_buffer(self.pool.take())
             self.seq += 1
             self.pkt_seq += count
             self.c["packets_out"] += count
@@ -320,6 +369,174 @@ class Sender:
                 self._emit(out)
 
 
+class Shard:
+    """One destination of a sharded sender: its socket, its own stream
+    (instance and sequence numbers: two shards may reach one receiver) and
+    its counters (``shard.<i>.*``, added to the totals)."""
+
+    __slots__ = ("index", "dst", "sock", "instance", "seq", "pkt_seq", "waiting", "c", "since",
+                 "pool")
+
+    def __init__(self, index: int, dst: str, sock: zmq.Socket, counters: Counters):
+        self.index = index
+        self.dst = dst
+        self.sock = sock
+        self.instance = random.getrandbits(32)
+        self.seq = 0
+        self.pkt_seq = 0
+        self.waiting = False
+        self.since: float | None = None  # when its oldest unsent record was read
+        self.c = shard.ShardCounters(counters, index)
+        for k in ("packets_out", "bytes_out", "frames_out", "dropped.queue_full"):
+            self.c.setdefault(k, 0)
+
+
+class ShardedSender(Sender):
+    """Several destinations: the C walker has already put each record in the
+    area of its flow's shard; each shard's area becomes a frame to its own
+    socket.  A shard whose queue is full keeps filling its area while the
+    others go on; when its area is full it is dropped and counted for that
+    shard only (``shard.<i>.dropped.queue_full``).
+
+    Frames: each shard gets 1/N of every kernel batch.  Sent at once, that
+    would be N times the frames of one destination, and every frame costs a
+    send and a wake-up of ZeroMQ's I/O thread (about 25 % more CPU per packet
+    with 2 shards, bench/RESULTS.md).  So a shard's frame goes out when its
+    area is full, or once its oldest record has waited ``HOLD`` (10 ms, the
+    kernel's own flush period): frames as large as one destination's, for
+    at most 10 ms more latency."""
+
+    HOLD = 0.01
+
+    def __init__(self, reader: NflogReader, shards: list[Shard], sender_id: bytes,
+                 rt: runtime.Runtime, qpolicy: QthreshPolicy | None = None):
+        super().__init__(reader, shards[0].sock, sender_id, rt, qpolicy, None)
+        self.shards = shards
+        for i, s in enumerate(shards):
+            reader.shard_frame(i)[frame.HEADER_SIZE : reader.header_room] = sender_id
+            s.pool = BufferPool(reader, sender_id)
+        self._final = False
+
+    @property
+    def waiting(self) -> bool:
+        return any(s.waiting for s in getattr(self, "shards", ()))
+
+    @waiting.setter
+    def waiting(self, value: bool) -> None:
+        pass  # per shard (Shard.waiting)
+
+    def pump(self) -> None:
+        """Drain the netlink socket; a shard whose area is full goes out at
+        once, the others when their records have waited ``HOLD`` (``due``)."""
+        r = self.reader
+        b = r.batch
+        while True:
+            status = r.read()
+            self._account_kernel()
+            now = time.monotonic()
+            for s in self.shards:
+                if s.since is None and b.shard_count[s.index]:
+                    s.since = now
+            if status == 2:
+                if self.qpolicy:
+                    self._adapt(now)
+                continue
+            if status == 1:  # a shard cannot take another buffer
+                for s in self.shards:
+                    if not r.shard_room(s.index):
+                        self._send_shard(s, b.shard_count[s.index], True)
+                continue
+            break
+        self.due(time.monotonic())
+        if self.qpolicy:
+            self._adapt(time.monotonic())
+
+    def due(self, now: float) -> None:
+        """Send the shards whose oldest record has waited ``HOLD``."""
+        b = self.reader.batch
+        for s in self.shards:
+            if s.since is not None and not s.waiting and now - s.since >= self.HOLD:
+                self._send_shard(s, b.shard_count[s.index], False)
+
+    def next_due(self) -> float | None:
+        t = [s.since for s in self.shards if s.since is not None and not s.waiting]
+        return min(t) + self.HOLD if t else None
+
+    def _send(self, must: bool = True) -> None:
+        r = self.reader
+        b = r.batch
+        for s in self.shards:
+            i = s.index
+            count = b.shard_count[i]
+            if count:
+                # must: the batch is full; a shard that still has room may wait
+                self._send_shard(s, count, must and (self._final or not r.shard_room(i)))
+
+    def _send_shard(self, s: Shard, count: int, must: bool) -> None:
+        r = self.reader
+        i = s.index
+        raw_len = r.batch.shard_len[i]
+        buf = r.shard_frame(i)
+        frame.HEADER.pack_into(buf, 0, frame.MAGIC, frame.VERSION, 0, frame.CODEC_NONE,
+                               len(self.sid), s.instance, count, s.seq, s.pkt_seq,
+                               raw_len, raw_len)
+        zero_copy = len(buf) >= ZERO_COPY_MIN
+        try:
+            tracker = s.sock.send(buf, zmq.NOBLOCK, copy=not zero_copy, track=zero_copy)
+        except zmq.Again:
+            if not must:
+                s.waiting = True
+                return
+            s.c["dropped.queue_full"] += count
+            s.c.add("frames_dropped.queue_full")
+        else:
+            if zero_copy:
+                s.pool.sent(tracker, r.current_buffer(i))
+                r.reset_shard(i)
+                r.use_buffer(s.pool.take(), i)
+            s.seq += 1
+            s.pkt_seq += count
+            s.c["packets_out"] += count
+            s.c["bytes_out"] += raw_len - count * 16
+            s.c["frames_out"] += 1
+        s.waiting = False
+        s.since = None
+        r.reset_shard(i)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.reader.fd, zmq.POLLIN)
+        polling = {s.index: False for s in self.shards}
+        while not self.rt.stopping:
+            for s in self.shards:
+                if s.waiting != polling[s.index]:
+                    poller.register(s.sock, zmq.POLLOUT) if s.waiting else poller.unregister(s.sock)
+                    polling[s.index] = s.waiting
+            timeout = self.rt.timeout(0.5 if not self.qpolicy else 0.1)
+            if (due := self.next_due()) is not None:
+                # whole milliseconds, rounded up: zmq_poll truncates, and a
+                # timeout of 0 until the shard is due would spin
+                timeout = min(timeout, math.ceil(max(0.0, due - time.monotonic()) * 1000) / 1000)
+            events = dict(poller.poll(timeout * 1000))
+            for s in self.shards:
+                if s.waiting and s.sock in events:
+                    self._send_shard(s, self.reader.batch.shard_count[s.index], False)
+            if self.reader.fd in events:
+                started = time.monotonic()
+                self.pump()
+                wait = self.pacer.update(self.c["bytes_in"], started, time.monotonic())
+                if wait:
+                    time.sleep(wait)
+            else:
+                self.due(time.monotonic())
+                if self.qpolicy:
+                    self._adapt(time.monotonic())
+            self.rt.tick()
+        self.pump()
+        self._final = True
+        self._send(True)
+
+
 def _load_nflog():
     """The NFLOG binding, loaded only by the command that reads NFLOG: the receiver,
     the relays and the query tool run on hosts without libnetfilter_log."""
@@ -354,6 +571,14 @@ def main(argv: list[str] | None = None) -> int:
             return runtime.fatal("--user: %s", e)
     if args.libnflog_nlbufsiz_max < args.libnflog_nlbufsiz:
         return runtime.fatal("--libnflog-nlbufsiz-max is below --libnflog-nlbufsiz")
+    dsts = args.dst
+    if len(dsts) > shard.MAX_SHARDS:
+        return runtime.fatal("at most %d destinations", shard.MAX_SHARDS)
+    if len(set(dsts)) != len(dsts):
+        return runtime.fatal("a destination is given twice: %s", " ".join(dsts))
+    if len(dsts) > 1 and args.rate_control:
+        return runtime.fatal("--rate-control works with one destination only (use the "
+                             "nflog-zmq-compress relay behind each shard)")
     counters = Counters()
     rc = None
     if args.rate_control:
@@ -373,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
             rcvbuf_max=int(args.libnflog_nlbufsiz_max * 2**20),
             kbufsiz=args.libnflog_kbufsiz * 1024, qthresh=1 if adaptive else args.libnflog_qthresh,
             timeout_cs=timeout_cs, batch_bytes=args.batch_size * 1024,
-            header_room=frame.HEADER_SIZE + len(sender_id))
+            header_room=frame.HEADER_SIZE + len(sender_id), shards=len(dsts),
+            shard_key=shard.KEYS[args.shard_key])
     except nflog.NflogError as e:
         return runtime.fatal("cannot set up NFLOG: %s", e)
     # cleanup on every path, fatal ones too: the NFLOG reader (and its controller),
@@ -402,24 +628,35 @@ def _run(args, nflog, reader, sender_id: bytes, counters: Counters, curve, rc, a
         return runtime.fatal("dropping privileges: %s", e)
     ctx = zmq.Context(1)
     stack.callback(ctx.term)
-    sock = ctx.socket(zmq.PUSH)
-    stack.callback(sock.close)
-    sock.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
-    sock.sndhwm = args.zmq_buffer_frames
-    sock.linger = int(args.zmq_linger * 1000)
-    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
-    if curve:
-        curve.client(sock)
-    try:
-        sock.connect(args.dst)
-    except zmq.ZMQError as e:
-        return runtime.fatal("cannot connect to %s: %s", args.dst, e)
+    dsts = args.dst
+    socks = []
+    for dst in dsts:
+        sock = ctx.socket(zmq.PUSH)
+        stack.callback(sock.close)
+        socks.append(sock)
+        sock.ipv6 = True  # IPv6 addresses and names too (IPv4 still works)
+        sock.sndhwm = args.zmq_buffer_frames
+        sock.linger = int(args.zmq_linger * 1000)
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
+        if curve:
+            curve.client(sock)
+        try:
+            sock.connect(dst)
+        except zmq.ZMQError as e:
+            return runtime.fatal("cannot connect to %s: %s", dst, e)
     rt = runtime.Runtime(SERVICE, args, counters, gauges=lambda: {
         "netlink_queue_bytes": reader.queued_bytes(), "netlink_rcvbuf": reader.kernel_rcvbuf()})
     rt.install_signals()
-    sender = Sender(reader, sock, sender_id, rt, qpolicy, rc)
-    log.info("started", extra={"event": "start", "groups": args.groups, "dst": args.dst,
+    if len(socks) == 1:
+        sender = Sender(reader, socks[0], sender_id, rt, qpolicy, rc)
+    else:
+        sender = ShardedSender(reader, [Shard(i, d, k, counters) for i, (d, k)
+                                        in enumerate(zip(dsts, socks, strict=True))],
+                               sender_id, rt, qpolicy)
+    log.info("started", extra={"event": "start", "groups": args.groups,
+                               "dst": dsts[0] if len(dsts) == 1 else dsts,
+                               "shard_key": args.shard_key if len(dsts) > 1 else None,
                                "sender_id": sender_id.decode(), "instance": sender.instance,
                                "rcvbuf": reader.rcvbuf, "qthresh": args.libnflog_qthresh,
                                "controller_pid": reader._ctl_pid or None,
@@ -429,7 +666,7 @@ def _run(args, nflog, reader, sender_id: bytes, counters: Counters, curve, rc, a
         sender.run()
     finally:
         reader.close()  # first, as before: nothing more is read while ZeroMQ flushes
-        stack.close()  # the socket, the context (the --zmq-linger flush)
+        stack.close()  # the sockets, the context (the --zmq-linger flush)
         rt.finish(sender_id=sender_id.decode(), instance=sender.instance)
     return 0
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from nflog_pipe import query, receiver, relay, sender
+from nflog_pipe import config, query, receiver, relay, sender, shard
 
 BIN = Path(sys.executable).parent
 COMPOSE_FILES = [ROOT / "compose.yaml", ROOT / "compose.curve.yaml",
@@ -33,7 +33,8 @@ ENV = {
 }
 #: compose service -> the command whose options its NFLOG_PIPE_* variables are
 COMPOSE_COMMAND = {"sender": "sender", "sender-relayed": "sender", "receiver": "receiver",
-                   "receiver-snort": "receiver", "compress": "compress",
+                   "receiver-snort": "receiver", "receiver-shards": "receiver",
+                   "compress": "compress",
                    "decompress": "decompress", "query": "query"}
 NET_ADMIN_ONLY = {"drop": ["ALL"], "add": ["NET_ADMIN"]}
 
@@ -176,7 +177,51 @@ def test_curve_overlay_points_the_options_at_the_secret(rendered):
         assert all(curve[cm]["data"][k].startswith("/etc/nflog-pipe/curve/") for k in added)
 
 
-@pytest.mark.parametrize("name", ["base", "overlays-curve"])
+def test_sharded_overlay(rendered):
+    """Receiver + IDS as a StatefulSet with stable names behind a headless Service; the
+    senders' destination list names exactly its pods, in order; the pod template is the
+    base Deployment's."""
+    base, sharded = objects(rendered["base"]), objects(rendered["overlays-sharded"])
+    assert "Deployment/nflog-pipe-receiver" not in sharded
+    sts = sharded["StatefulSet/nflog-pipe-receiver"]
+    svc = sharded["Service/nflog-pipe-receiver"]
+    assert sts["metadata"]["namespace"] == "nflog-pipe"
+    assert svc["spec"]["clusterIP"] == "None" and sts["spec"]["serviceName"] == "nflog-pipe-receiver"
+    assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    n = sts["spec"]["replicas"]
+    assert n >= 2
+    port = svc["spec"]["ports"][0]["port"]
+    dst = sharded["ConfigMap/nflog-pipe-sender"]["data"]["NFLOG_PIPE_DST"].split()
+    assert dst == [f"tcp://nflog-pipe-receiver-{i}.nflog-pipe-receiver.nflog-pipe.svc.cluster.local:"
+                   f"{port}" for i in range(n)]
+    # what the sender will parse: n destinations, a valid shard key
+    args = config.parse_args("nflog-zmq-send", "", sender.OPTIONS, [],
+                             {k: str(v) for k, v in sharded["ConfigMap/nflog-pipe-sender"]["data"]
+                              .items()})
+    assert len(args.dst) == n and args.shard_key in shard.KEYS
+    assert sts["spec"]["template"]["spec"] == \
+        base["Deployment/nflog-pipe-receiver"]["spec"]["template"]["spec"]
+
+
+def test_compose_shards_profile():
+    svc = compose_doc()["services"]
+    recv = svc["receiver-shards"]
+    assert recv["profiles"] == svc["ids-0"]["profiles"] == svc["ids-1"]["profiles"] == ["shards"]
+    fifos = recv["environment"]["NFLOG_PIPE_DST"].split()
+    assert len(fifos) == 2
+    args = config.parse_args("nflog-pcap-recv", "", receiver.OPTIONS, [],
+                             {k: str(v) for k, v in recv["environment"].items() if v is not None
+                              and "$" not in str(v)})
+    assert args.dst == fifos
+    for i, fifo in enumerate(fifos):
+        ids = svc[f"ids-{i}"]
+        assert ids["environment"]["IDS_FIFO"] == fifo
+        assert "pcap-shards:/pcap:ro" in ids["volumes"]
+        assert f"alerts-{i}:/var/log/suricata" in ids["volumes"]
+    assert "pcap-shards:/pcap" in recv["volumes"]
+
+
+@pytest.mark.parametrize("name", ["base", "overlays-curve", "overlays-sharded"])
 def test_configmap_keys_are_options_of_the_daemons(rendered, name):
     """A misspelt variable would be silently ignored: every key is an option's variable."""
     objs = objects(rendered[name])

@@ -25,6 +25,9 @@ CASES = [
     ("nflog-zmq-send", ["--zmq-linger", "inf", "0", "tcp://127.0.0.1:{p}"]),
     ("nflog-zmq-send", ["--batch-size", "10000000", "0", "tcp://127.0.0.1:{p}"]),
     ("nflog-zmq-send", ["0", "tcp://127.0.0.1:99999"]),
+    ("nflog-zmq-send", ["0", "tcp://127.0.0.1:{p}", "tcp://127.0.0.1:99999"]),
+    ("nflog-zmq-send", ["--shard-key", "vlan", "0", "tcp://127.0.0.1:{p}", "tcp://127.0.0.1:9"]),
+    ("nflog-pcap-recv", ["--shard-key", "x", "tcp://127.0.0.1:{p}", "{tmp}/a", "{tmp}/b"]),
     ("nflog-zmq-decompress", ["--zmq-linger", "inf", "tcp://127.0.0.1:{p}", "tcp://127.0.0.1:9"]),
     ("nflog-zmq-compress", ["--lwm", "nan", "tcp://127.0.0.1:{p}", "tcp://127.0.0.1:9"]),
     ("nflog-pcap-query", ["--timeout", "inf", "{p}"]),
@@ -86,3 +89,27 @@ def test_every_range_end_starts_cleanly(cmd, end, tmp_path):
     d.wait_log("start")
     totals = d.stop()
     assert totals["reason"] == "SIGTERM"
+
+
+SHARD_START_ERRORS = [
+    ("nflog-zmq-send", ["0", "tcp://127.0.0.1:{p}", "tcp://127.0.0.1:{p}"], "given twice"),
+    ("nflog-zmq-send", ["--rate-control", "0", "tcp://127.0.0.1:{p}", "tcp://127.0.0.1:9"],
+     "one destination only"),
+    ("nflog-zmq-send", ["0"] + [f"tcp://127.0.0.1:{9 + i}" for i in range(17)], "at most 16"),
+    ("nflog-pcap-recv", ["tcp://127.0.0.1:{p}", "{tmp}/a", "{tmp}/a"], "given twice"),
+    ("nflog-pcap-recv", ["tcp://127.0.0.1:{p}", "{tmp}/a", "{tmp}/nodir/b"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("cmd,argv,why", SHARD_START_ERRORS,
+                         ids=[f"{c}:{w}" for c, _, w in SHARD_START_ERRORS])
+def test_bad_shard_lists_are_start_up_errors(cmd, argv, why, tmp_path):
+    """Several destinations / outputs: a list that cannot work is refused at
+    start, in one line, nothing left behind."""
+    p = free_port()
+    args = [a.format(p=p, tmp=tmp_path) for a in argv]
+    r = subprocess.run([tool(cmd), *args, "--log-format", "text"], capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode != 0 and why in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "a").exists() or "given twice" in why

@@ -9,7 +9,7 @@ def parse(opts, argv, env=None):
 
 def test_cli_wins_over_env_and_env_over_default():
     a = parse(sender.OPTIONS, ["0,1", "tcp://h:1"], {"NFLOG_PIPE_ZMQ_BUFFER_FRAMES": "7"})
-    assert a.zmq_buffer_frames == 7 and a.groups == [0, 1] and a.dst == "tcp://h:1"
+    assert a.zmq_buffer_frames == 7 and a.groups == [0, 1] and a.dst == ["tcp://h:1"]
     a = parse(sender.OPTIONS, ["0", "tcp://h:1", "--zmq-buffer-frames", "9"],
               {"NFLOG_PIPE_ZMQ_BUFFER_FRAMES": "7"})
     assert a.zmq_buffer_frames == 9
@@ -19,7 +19,7 @@ def test_cli_wins_over_env_and_env_over_default():
 
 def test_positionals_from_env():
     a = parse(sender.OPTIONS, [], {"NFLOG_PIPE_GROUPS": "3", "NFLOG_PIPE_DST": "ipc:///x"})
-    assert a.groups == [3] and a.dst == "ipc:///x"
+    assert a.groups == [3] and a.dst == ["ipc:///x"]
 
 
 def test_flags_from_env():

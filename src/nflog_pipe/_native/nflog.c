@@ -24,6 +24,7 @@
 
 #include "record.h"
 #include "nflog.h"
+#include "flowhash.h"
 
 static inline uint32_t get_be32(const unsigned char *p)
 {
@@ -105,8 +106,20 @@ static int parse_packet(const unsigned char *m, size_t mlen, struct nzp_batch *b
         track_seq(b, group, get_be32(seq));
     if (!payload)
         return 1;               /* metadata-only message: nothing to record */
-    if (b->len + NZP_REC_HDR + plen > b->cap)
-        return -2;              /* caller broke the capacity contract */
+    if (b->nshards > 1) {
+        uint32_t s = nzp_shard_of(payload, plen, b->shard_key, b->nshards);
+        if (b->shard_len[s] + NZP_REC_HDR + plen > b->cap)
+            return -2;
+        r = b->shard_out[s] + b->shard_len[s];
+        b->shard_len[s] += NZP_REC_HDR + plen;
+        b->shard_count[s]++;
+    } else {
+        if (b->len + NZP_REC_HDR + plen > b->cap)
+            return -2;              /* caller broke the capacity contract */
+        r = b->out + b->len;
+        b->len += NZP_REC_HDR + plen;
+        b->count++;
+    }
     if (ts) {
         sec = (uint32_t)get_be64(ts);
         usec = (uint32_t)get_be64(ts + 8);
@@ -117,14 +130,11 @@ static int parse_packet(const unsigned char *m, size_t mlen, struct nzp_batch *b
     }
     caplen = plen;
     origlen = ip_orig_len(payload, caplen);
-    r = b->out + b->len;
     put_le32(r, sec);
     put_le32(r + 4, usec);
     put_le32(r + 8, caplen);
     put_le32(r + 12, origlen);
     memcpy(r + NZP_REC_HDR, payload, plen);
-    b->len += NZP_REC_HDR + plen;
-    b->count++;
     b->packets++;
     b->bytes += plen;
     return 0;
@@ -167,7 +177,12 @@ int nzp_read(int fd, unsigned char *rbuf, size_t rbuflen, struct nzp_batch *b,
     for (i = 0; i < max_recvs; i++) {
         ssize_t n;
         struct timeval tv;
-        if (b->cap - b->len < rbuflen)
+        if (b->nshards > 1) {
+            uint32_t s;
+            for (s = 0; s < b->nshards; s++)
+                if (b->cap - b->shard_len[s] < rbuflen)
+                    return 1;
+        } else if (b->cap - b->len < rbuflen)
             return 1;
         n = recv(fd, rbuf, rbuflen, MSG_DONTWAIT);
         if (n < 0) {
@@ -188,6 +203,16 @@ int nzp_read(int fd, unsigned char *rbuf, size_t rbuflen, struct nzp_batch *b,
         nzp_parse(rbuf, (size_t)n, b);
     }
     return 2;
+}
+
+uint32_t nzp_shard(const unsigned char *pkt, uint32_t caplen, int key, uint32_t nshards)
+{
+    return nzp_shard_of(pkt, caplen, key, nshards);
+}
+
+uint64_t nzp_hash(const unsigned char *pkt, uint32_t caplen, int key)
+{
+    return nzp_flow_hash(pkt, caplen, key);
 }
 
 int nzp_drop_caps(void)

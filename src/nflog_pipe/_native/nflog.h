@@ -12,6 +12,7 @@
 
 /* the record header size, NZP_REC_HDR: record.h */
 #define NZP_MAX_GROUPS 32
+#define NZP_MAX_SHARDS 16
 
 struct nzp_batch {
     /* output: record area, written from out[len] on */
@@ -37,7 +38,22 @@ struct nzp_batch {
     uint16_t groups[32];
     uint32_t next_seq[32];
     uint8_t have_seq[32];
+    /* flow sharding (nflog-zmq-send with several destinations): with
+     * nshards > 1 each record goes to the record area of its shard,
+     * shard_out[s] (capacity cap each), chosen by the symmetric flow hash of
+     * flowhash.h with key `shard_key`; out/len/count are then unused.
+     * With nshards <= 1 nothing of this is touched (the one-destination path). */
+    uint32_t nshards;
+    int shard_key;
+    unsigned char *shard_out[16];
+    size_t shard_len[16];
+    uint32_t shard_count[16];
 };
+
+/* The shard (0..nshards-1) of one IP packet; the same function the walker and
+ * the receiver's splitter use (tests, documentation). */
+uint32_t nzp_shard(const unsigned char *pkt, uint32_t caplen, int key, uint32_t nshards);
+uint64_t nzp_hash(const unsigned char *pkt, uint32_t caplen, int key);
 
 /* Walk one netlink buffer and append a record per NFLOG packet message.
  * The caller guarantees cap - len >= buflen (a record is never larger than the
@@ -45,8 +61,8 @@ struct nzp_batch {
 int nzp_parse(const unsigned char *buf, size_t buflen, struct nzp_batch *b);
 
 /* recv() from a non-blocking netlink socket and parse, until the socket is
- * drained (returns 0), the batch cannot take another buffer of rbuflen bytes
- * (returns 1), max_recvs buffers were read (returns 2), or an error other
+ * drained (returns 0), the batch (with shards: one of the shards' areas)
+ * cannot take another buffer of rbuflen bytes (returns 1), max_recvs buffers were read (returns 2), or an error other
  * than EAGAIN/EINTR/ENOBUFS occurs (returns -errno). */
 int nzp_read(int fd, unsigned char *rbuf, size_t rbuflen, struct nzp_batch *b,
              int max_recvs);

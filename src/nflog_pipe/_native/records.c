@@ -5,8 +5,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <string.h>
+
 #include "record.h"
 #include "records.h"
+#include "flowhash.h"
 
 int nzp_validate(const unsigned char *area, size_t len, uint32_t count,
                  uint32_t snaplen, uint32_t *bad_index)
@@ -46,4 +49,53 @@ uint32_t nzp_index(const unsigned char *area, size_t len, uint32_t count,
             break;
     }
     return i;
+}
+
+uint32_t nzp_split(const unsigned char *area, size_t len, uint32_t count, int key,
+                   uint32_t nshards, unsigned char *out, uint8_t *which,
+                   size_t *shard_len, uint32_t *shard_count)
+{
+    size_t off = 0, at[256];
+    uint32_t i, n, s;
+
+    if (nshards < 1 || nshards > 255)
+        return 0;
+    for (s = 0; s < nshards; s++) {
+        shard_len[s] = 0;
+        shard_count[s] = 0;
+    }
+    /* pass 1: each record's shard and each shard's size */
+    for (i = 0; i < count && len - off >= NZP_REC_HDR; i++) {
+        uint32_t caplen = get_le32(area + off + 8);
+        if (len - off - NZP_REC_HDR < caplen)
+            break;
+        s = nzp_shard_of(area + off + NZP_REC_HDR, caplen, key, nshards);
+        which[i] = (uint8_t)s;
+        shard_len[s] += NZP_REC_HDR + caplen;
+        shard_count[s]++;
+        off += NZP_REC_HDR + caplen;
+    }
+    n = i;
+    at[0] = 0;
+    for (s = 1; s < nshards; s++)
+        at[s] = at[s - 1] + shard_len[s - 1];
+    /* pass 2: copy each record to its shard's region */
+    off = 0;
+    for (i = 0; i < n; i++) {
+        size_t rl = NZP_REC_HDR + get_le32(area + off + 8);
+        memcpy(out + at[which[i]], area + off, rl);
+        at[which[i]] += rl;
+        off += rl;
+    }
+    return n;
+}
+
+uint32_t nzp_shard(const unsigned char *pkt, uint32_t caplen, int key, uint32_t nshards)
+{
+    return nzp_shard_of(pkt, caplen, key, nshards);
+}
+
+uint64_t nzp_hash(const unsigned char *pkt, uint32_t caplen, int key)
+{
+    return nzp_flow_hash(pkt, caplen, key);
 }

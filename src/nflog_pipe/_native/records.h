@@ -24,3 +24,18 @@ int nzp_validate(const unsigned char *area, size_t len, uint32_t count,
  * caller arrays of at least `count` entries.  Returns the number collected. */
 uint32_t nzp_index(const unsigned char *area, size_t len, uint32_t count,
                    uint32_t *offsets, uint64_t *ts_usec);
+
+/* Flow sharding of a validated record area (nflog-pcap-recv with several
+ * outputs): the records of each shard, in their order, are copied to `out`
+ * (at least `len` bytes), shard 0's first, then shard 1's...; shard_len and
+ * shard_count (nshards entries each) get each shard's size and records.
+ * `which` (at least `count` bytes) is scratch space.  The shard of a record
+ * is the one the sender's walker would choose (flowhash.h, `key`).
+ * Returns the records split. */
+uint32_t nzp_split(const unsigned char *area, size_t len, uint32_t count, int key,
+                   uint32_t nshards, unsigned char *out, uint8_t *which,
+                   size_t *shard_len, uint32_t *shard_count);
+
+/* The shard of one IP packet (tests). */
+uint32_t nzp_shard(const unsigned char *pkt, uint32_t caplen, int key, uint32_t nshards);
+uint64_t nzp_hash(const unsigned char *pkt, uint32_t caplen, int key);

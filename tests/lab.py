@@ -39,6 +39,12 @@ free_port = testkit.free_port
 PKT = testkit.IPV4_UDP
 
 
+def record_area(n: int, tag: bytes = b"") -> bytes:
+    """n pcap records of the sample packet (plus ``tag``), timestamps 0..n-1 s."""
+    from nflog_pipe import pcap
+    return b"".join(pcap.record(i, 0, PKT + tag) for i in range(n))
+
+
 class Daemon:
     """A daemon subprocess with its JSON log captured to a file."""
 

@@ -11,18 +11,16 @@ import zlib
 import pytest
 import zmq
 from lab import (
-    PKT,  # noqa: E402  (the sample packet: tools/lib/testkit.py)
     Daemon,
     free_port,
+    record_area,
     tool,
     wait_until,
 )
 
-from nflog_pipe import frame, pcap
+from nflog_pipe import frame
 
-
-def area(n: int) -> bytes:
-    return b"".join(pcap.record(i, 0, PKT) for i in range(n))
+area = record_area
 
 
 def counters(d: Daemon) -> dict:

@@ -8,6 +8,7 @@ from lab import (
     PKT,  # noqa: E402  (the sample packet: tools/lib/testkit.py)
     Daemon,
     free_port,
+    record_area,
     tool,
     wait_until,
 )
@@ -41,8 +42,7 @@ def start(tmp_path, *extra):
     return d, f"tcp://127.0.0.1:{port}", out
 
 
-def area(n, tag=b""):
-    return b"".join(pcap.record(i, 0, PKT + tag) for i in range(n))
+area = record_area
 
 
 def last_counters(d):

@@ -12,18 +12,16 @@ import subprocess
 import pytest
 import zmq
 from lab import (
-    PKT,  # noqa: E402  (the sample packet: tools/lib/testkit.py)
     Daemon,
     free_port,
+    record_area,
     tool,
     wait_until,
 )
 
 from nflog_pipe import frame, pcap, security
 
-
-def area(n: int) -> bytes:
-    return b"".join(pcap.record(i, 0, PKT) for i in range(n))
+area = record_area
 
 
 def records(d: Daemon, event: str) -> list[dict]:

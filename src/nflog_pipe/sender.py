@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from . import config, frame, privs, ratecontrol, runtime, security, shard
+from . import config, frame, pcap, privs, ratecontrol, runtime, security, shard
 from .config import Option
 from .metrics import Counters
 
@@ -174,6 +174,37 @@ class BufferPool:
         self.inflight.append((tracker, buf))
 
 
+def push_frame(st, sid: bytes, buf, count: int, raw_len: int, must: bool):
+    """The one send path of a stream (``Sender`` or a ``Shard``: ``sock``, ``instance``,
+    ``seq``, ``pkt_seq``, ``waiting``, ``c``): pack its header into ``buf`` and hand the
+    frame to ZeroMQ without waiting. Returns ``(done, tracker)``: ``done`` False when the
+    queue is full and ``must`` is False (the caller keeps the batch); when it is full and
+    ``must`` is True the frame is dropped and counted; ``tracker`` is set when the
+    buffer went zero-copy and stays ZeroMQ's until it is sent."""
+    frame.HEADER.pack_into(buf, 0, frame.MAGIC, frame.VERSION, 0, frame.CODEC_NONE, len(sid),
+                           st.instance, count, st.seq, st.pkt_seq, raw_len, raw_len)
+    zero_copy = len(buf) >= ZERO_COPY_MIN
+    try:
+        tracker = st.sock.send(buf, zmq.NOBLOCK, copy=not zero_copy, track=zero_copy)
+    except zmq.Again:
+        if not must:
+            st.waiting = True
+            return False, None
+        st.c["dropped.queue_full"] += count
+        st.c.add("frames_dropped.queue_full")
+        tracker = None
+    else:
+        st.seq += 1
+        st.pkt_seq += count
+        st.c["packets_out"] += count
+        st.c["bytes_out"] += raw_len - count * pcap.RECORD_HEADER_SIZE
+        st.c["frames_out"] += 1
+        if not zero_copy:
+            tracker = None
+    st.waiting = False
+    return True, tracker
+
+
 class Sender:
     """Moves batches from an NflogReader to a ZeroMQ socket."""
 
@@ -269,30 +300,13 @@ class Sender:
     def _send(self, must: bool = True) -> None:
         r = self.reader
         count, raw_len = r.count, r.batch.len
-        buf = r.frame()
-        frame.HEADER.pack_into(buf, 0, frame.MAGIC, frame.VERSION, 0, frame.CODEC_NONE,
-                               len(self.sid), self.instance, count, self.seq, self.pkt_seq,
-                               raw_len, raw_len)
-        zero_copy = len(buf) >= ZERO_COPY_MIN
-        try:
-            tracker = self.sock.send(buf, zmq.NOBLOCK, copy=not zero_copy, track=zero_copy)
-        except zmq.Again:
-            if not must:  # keep the batch; more records join it, POLLOUT retries
-                self.waiting = True
-                return
-            self.c["dropped.queue_full"] += count
-            self.c.add("frames_dropped.queue_full")
-        else:
-            if zero_copy:  # the buffer is ZeroMQ's until sent: the next batch goes elsewhere
-                self.pool.sent(tracker, r.current_buffer())
-                r.reset()
-                r.use_buffer(self.pool.take())
-            self.seq += 1
-            self.pkt_seq += count
-            self.c["packets_out"] += count
-            self.c["bytes_out"] += raw_len - count * 16
-            self.c["frames_out"] += 1
-        self.waiting = False
+        done, tracker = push_frame(self, self.sid, r.frame(), count, raw_len, must)
+        if not done:  # keep the batch; more records join it, POLLOUT retries
+            return
+        if tracker is not None:  # the buffer is ZeroMQ's until sent: the next batch goes elsewhere
+            self.pool.sent(tracker, r.current_buffer())
+            r.reset()
+            r.use_buffer(self.pool.take())
         r.reset()
 
     # -- with --rate-control: the batch goes through the controller ----------------
@@ -476,30 +490,13 @@ class ShardedSender(Sender):
         r = self.reader
         i = s.index
         raw_len = r.batch.shard_len[i]
-        buf = r.shard_frame(i)
-        frame.HEADER.pack_into(buf, 0, frame.MAGIC, frame.VERSION, 0, frame.CODEC_NONE,
-                               len(self.sid), s.instance, count, s.seq, s.pkt_seq,
-                               raw_len, raw_len)
-        zero_copy = len(buf) >= ZERO_COPY_MIN
-        try:
-            tracker = s.sock.send(buf, zmq.NOBLOCK, copy=not zero_copy, track=zero_copy)
-        except zmq.Again:
-            if not must:
-                s.waiting = True
-                return
-            s.c["dropped.queue_full"] += count
-            s.c.add("frames_dropped.queue_full")
-        else:
-            if zero_copy:
-                s.pool.sent(tracker, r.current_buffer(i))
-                r.reset_shard(i)
-                r.use_buffer(s.pool.take(), i)
-            s.seq += 1
-            s.pkt_seq += count
-            s.c["packets_out"] += count
-            s.c["bytes_out"] += raw_len - count * 16
-            s.c["frames_out"] += 1
-        s.waiting = False
+        done, tracker = push_frame(s, self.sid, r.shard_frame(i), count, raw_len, must)
+        if not done:
+            return
+        if tracker is not None:
+            s.pool.sent(tracker, r.current_buffer(i))
+            r.reset_shard(i)
+            r.use_buffer(s.pool.take(), i)
         s.since = None
         r.reset_shard(i)
 

@@ -6,7 +6,8 @@ tools/docker/ensure-base-image.sh (a local debootstrap when no registry answers)
 Without root or when the engine cannot be started they fail, they never skip.
 
 Images are built once per session with `docker compose build` (the same command as
-`make images`) under the tag NFLOG_PIPE_TAG (dev), from the working tree.
+`make images`) under the tag NFLOG_PIPE_TAG (dev; NFLOG_PIPE_TEST_TAG sets another, so that
+two checkouts can run these tests side by side), from the working tree.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-TAG = "dev"
+TAG = os.environ.get("NFLOG_PIPE_TEST_TAG", "dev")
 PREFIX = "nflog-pipe"
 #: compose service -> image (the four package images, the IDS, the test's traffic generator)
 IMAGES = {

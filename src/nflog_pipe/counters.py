@@ -56,7 +56,8 @@ METRICS: tuple[Metric, ...] = (
        "CAP_NET_ADMIN)"),
     _m("dropped.queue_full", "packets", (SEND,) + RELAYS, "packets of frames refused because "
        "`--zmq-buffer-frames` (sender) or `--zmq-buffer` (relays) frames were already queued "
-       "(ZeroMQ high-water mark)"),
+       "(ZeroMQ high-water mark) and the frame could not grow: the sender holds its own batch "
+       "while it has room and drops it once full (docs/architecture.md, `outgoing.py`)"),
     _m("frames_dropped.queue_full", "frames", (SEND,) + RELAYS, "the frames of `dropped.queue_full`"),
     _m("dropped.hwm", "packets", (SEND, COMPRESS), "packets dropped by rate control above `--hwm` "
        "(only the excess)"),

@@ -88,33 +88,28 @@ class NflogReader:
         except BaseException:
             self.close()
             raise
-        # one buffer for the frame: header room, then the record area
+        # one frame buffer per destination: header room, then the record area
+        # (with several destinations the walker writes each record into the
+        # area of its flow's shard, flowhash.h)
         self.header_room = header_room
         self._rbuf = ffi.new("unsigned char[]", RECV_BUFSIZE)
         cap = batch_bytes + RECV_BUFSIZE
-        self._frame = ffi.new("unsigned char[]", header_room + cap)
+        self._size = header_room + cap
         self.batch = ffi.new("struct nzp_batch *")
-        self.batch.out = self._frame + header_room
         self.batch.cap = cap
         self.batch.ngroups = len(groups)
         for i, g in enumerate(groups):
             self.batch.groups[i] = g
-        self._frame_buffer = ffi.buffer(self._frame, header_room + cap)
-        # with several destinations the walker writes each record into the
-        # area of its flow's shard (flowhash.h): one frame buffer per shard
         self.shards = shards
-        self._shard_frames: list = []
-        self._shard_buffers: list = []
+        if shards > lib.NZP_MAX_SHARDS:
+            raise NflogError(errno.EINVAL, f"at most {lib.NZP_MAX_SHARDS} destinations")
         if shards > 1:
-            if shards > lib.NZP_MAX_SHARDS:
-                raise NflogError(errno.EINVAL, f"at most {lib.NZP_MAX_SHARDS} destinations")
             self.batch.nshards = shards
             self.batch.shard_key = shard_key
-            for i in range(shards):
-                f = self._frame if i == 0 else ffi.new("unsigned char[]", header_room + cap)
-                self._shard_frames.append(f)
-                self._shard_buffers.append(ffi.buffer(f, header_room + cap))
-                self.batch.shard_out[i] = f + header_room
+        self._frames: list = [None] * shards
+        self._buffers: list = [None] * shards
+        for i in range(shards):
+            self.use_buffer(ffi.new("unsigned char[]", self._size), i)
 
     # -- control plane ---------------------------------------------------------
     def _bind(self, group: int, kbufsiz: int, qthresh: int | None, timeout_cs: int | None) -> None:
@@ -282,53 +277,55 @@ class NflogReader:
             raise NflogError(-rc, f"reading the NFLOG socket: {os.strerror(-rc)}")
         return rc
 
+    # -- the record areas: one per destination (area 0 alone without shards) --
     @property
     def count(self) -> int:
+        """Records waiting in all areas."""
         if self.shards > 1:
             return sum(self.batch.shard_count[0 : self.shards])
         return self.batch.count
 
-    def shard_frame(self, i: int) -> memoryview:
-        """Header room followed by the record area of shard ``i``."""
-        return memoryview(self._shard_buffers[i])[: self.header_room + self.batch.shard_len[i]]
+    def area_count(self, i: int) -> int:
+        return self.batch.shard_count[i] if self.shards > 1 else self.batch.count
 
-    def shard_room(self, i: int) -> bool:
-        """Whether shard ``i``'s area can still take a whole netlink buffer."""
-        return self.batch.cap - self.batch.shard_len[i] >= RECV_BUFSIZE
+    def area_len(self, i: int) -> int:
+        return self.batch.shard_len[i] if self.shards > 1 else self.batch.len
 
-    def reset_shard(self, i: int) -> None:
-        self.batch.shard_len[i] = 0
-        self.batch.shard_count[i] = 0
+    def area_frame(self, i: int) -> memoryview:
+        """Header room followed by the records of area ``i``."""
+        return memoryview(self._buffers[i])[: self.header_room + self.area_len(i)]
 
-    def frame(self) -> memoryview:
-        """Header room followed by the record area of the current batch."""
-        return memoryview(self._frame_buffer)[: self.header_room + self.batch.len]
+    def area_room(self, i: int) -> bool:
+        """Whether area ``i`` can still take a whole netlink buffer."""
+        return self.batch.cap - self.area_len(i) >= RECV_BUFSIZE
 
-    def reset(self) -> None:
-        self.batch.len = 0
-        self.batch.count = 0
+    def reset_area(self, i: int) -> None:
+        if self.shards > 1:
+            self.batch.shard_len[i] = 0
+            self.batch.shard_count[i] = 0
+        else:
+            self.batch.len = 0
+            self.batch.count = 0
 
     # -- zero-copy sends: the frame buffer is handed to ZeroMQ, a fresh one used --
     def new_buffer(self, at: int = 0, data: bytes = b""):
         """A frame buffer like the reader's own (header room + capacity), with
         ``data`` written at offset ``at`` of the header room."""
-        buf = ffi.new("unsigned char[]", len(self._frame_buffer))
+        buf = ffi.new("unsigned char[]", self._size)
         ffi.memmove(buf + at, data, len(data))
         return buf
 
-    def current_buffer(self, i: int | None = None):
-        return self._frame if i is None else self._shard_frames[i]
+    def current_buffer(self, i: int):
+        return self._frames[i]
 
-    def use_buffer(self, buf, i: int | None = None) -> None:
-        """Fill ``buf`` from now on (the batch, or shard ``i``, must be empty):
-        the previous buffer belongs to ZeroMQ until it has sent it."""
-        n = len(self._frame_buffer)
-        if i is None:
-            self._frame, self._frame_buffer = buf, ffi.buffer(buf, n)
-            self.batch.out = buf + self.header_room
-        else:
-            self._shard_frames[i], self._shard_buffers[i] = buf, ffi.buffer(buf, n)
+    def use_buffer(self, buf, i: int) -> None:
+        """Fill ``buf`` from now on (area ``i`` must be empty): the previous
+        buffer belongs to ZeroMQ until it has sent it."""
+        self._frames[i], self._buffers[i] = buf, ffi.buffer(buf, self._size)
+        if self.shards > 1:
             self.batch.shard_out[i] = buf + self.header_room
+        else:
+            self.batch.out = buf + self.header_room
 
     # -- teardown ----------------------------------------------------------------
     def close(self) -> None:

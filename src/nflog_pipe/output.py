@@ -43,6 +43,8 @@ from .logs import RateLimited
 from .metrics import Counters
 from .writeq import WriteQueue
 
+REC = pcap.RECORD_HEADER_SIZE
+
 log = logging.getLogger(__name__)
 
 F_SETPIPE_SZ = 1031
@@ -65,9 +67,9 @@ def records_within(data: memoryview, limit: int) -> tuple[int, int]:
     bytes, and their captured IP bytes.  Only run for the one buffer a
     departing reader was in the middle of."""
     off = whole = nbytes = 0
-    while off + 16 <= len(data):
+    while off + REC <= len(data):
         caplen = pcap.RECORD_HEADER.unpack_from(data, off)[2]
-        end = off + 16 + caplen
+        end = off + REC + caplen
         if end > limit:
             break
         whole += 1
@@ -293,7 +295,7 @@ class PcapOutput:
         while ledger and ledger[0][0] <= taken:
             end, n, data = ledger.popleft()
             records += n
-            nbytes += len(data) - 16 * n
+            nbytes += len(data) - REC * n
         if records:
             self.c["packets_out"] += records
             self.c["bytes_out"] += nbytes
@@ -314,7 +316,7 @@ class PcapOutput:
             self.c["packets_out"] += whole
             self.c["bytes_out"] += nbytes
             lost += n - whole
-            cut = taken - start - (16 * whole + nbytes)
+            cut = taken - start - (REC * whole + nbytes)
         lost += sum(entry[1] for entry in p.ledger)
         p.ledger.clear()
         p.q.clear()
@@ -376,7 +378,7 @@ class PcapOutput:
         p.written += done.bytes
         if done.records and self.kind != "fifo":  # a FIFO counts what its reader read
             self.c["packets_out"] += done.records
-            self.c["bytes_out"] += done.record_bytes - 16 * done.records
+            self.c["bytes_out"] += done.record_bytes - REC * done.records
         e = done.error
         if e is None:
             if len(p.ledger) > SETTLE_EVERY and self.kind == "fifo":

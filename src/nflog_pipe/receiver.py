@@ -358,6 +358,17 @@ def _open_outputs(args, counters) -> PcapOutput | OutputSet | int:
     return outputs[0] if len(outputs) == 1 else OutputSet(outputs)
 
 
+def _log_start(args, output, curve, limits: dict, ring, tap) -> None:
+    dsts = args.dst
+    log.info("started", extra={"event": "start", "src": args.src,
+                               "dst": dsts[0] if len(dsts) == 1 else dsts,
+                               "shard_key": args.shard_key if len(dsts) > 1 else None,
+                               "output": output.kind, "buffer_interface": args.buffer_interface,
+                               "curve": bool(curve), **limits,
+                               "buffer_window_bytes": ring.window if ring else None,
+                               "tap": f"{tap.address[0]}:{tap.address[1]}" if tap else None})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = config.parse_args("nflog-pcap-recv", __doc__.split("\n\n")[0], OPTIONS, argv)
     runtime.ignore_hangup()
@@ -402,21 +413,13 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 tap = Tap(args.tap, counters, int(args.tap_buffer * 2**20), args.tap_clients)
             except OSError as e:
-                return runtime.fatal("cannot listen on --tap %s:%d: %s", *args.tap,
-                                     e.strerror or e)
+                return runtime.fatal("cannot listen on --tap %s:%d: %s", *args.tap, e.strerror or e)
             stack.callback(tap.close)
         rt = runtime.Runtime(SERVICE, args, counters, gauges=_gauges(output, ring, queries, tap))
         rt.install_signals()
         if curve and curve.allow:
             rt.on_reload("CURVE allow-list", curve.allow.reload)
-        dsts = args.dst
-        log.info("started", extra={"event": "start", "src": args.src,
-                                   "dst": dsts[0] if len(dsts) == 1 else dsts,
-                                   "shard_key": args.shard_key if len(dsts) > 1 else None,
-                                   "output": output.kind, "buffer_interface": args.buffer_interface,
-                                   "curve": bool(curve), **limits,
-                                   "buffer_window_bytes": ring.window if ring else None,
-                                   "tap": f"{tap.address[0]}:{tap.address[1]}" if tap else None})
+        _log_start(args, output, curve, limits, ring, tap)
         try:
             recv = run(args, rt, pull, output, ring, queries, tap, monitors)
         finally:

@@ -14,8 +14,10 @@ Output frames keep the sender id of the frames they carry but are numbered
 by the relay (its own ``instance``, ``seq`` and ``pkt_seq`` per sender id),
 so the next stage checks the link into it.  Sends never block: past
 ``--zmq-buffer`` queued frames a frame is dropped and its packets counted
-(``dropped.queue_full``).  Any stage of a chain can restart: ZeroMQ
-reconnects, and a restarted relay is a new stream to the stage after it.
+(``dropped.queue_full``; the rule is ``outgoing``'s).  Any stage of a chain
+can restart: ZeroMQ reconnects, and a restarted relay is a new stream to the
+stage after it.  ``RelayCore`` is the relay without sockets, ``Relay`` its
+sockets and loop.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 
 import zmq
 
-from . import config, frame, listen, pcap, ratecontrol, runtime, security
+from . import config, frame, listen, outgoing, ratecontrol, runtime, security
 from .config import Option
 from .counters import init as init_counters
 from .logs import RateLimited
@@ -75,13 +77,15 @@ class OutStreams:
         nxt[1] += out.count
 
 
-class Relay:
-    """One relay: ``bind_in`` / ``connect_out``, then ``run()`` (in this
-    thread) or ``start()`` (in a new one) until ``stop()``."""
+class RelayCore:
+    """What a relay does with frames, without sockets (sans-IO): a frame in
+    (bytes) gives the frames to send out (``Output``, made into bytes by
+    ``frame_of``); the loop reports what ZeroMQ did with each (``result``).
+    Every frame out is a composed one: refused by a full queue it is dropped
+    and counted (``outgoing``).  Tested by table in tests/unit/test_relay_core.py."""
 
     def __init__(self, mode: str, rc: RateController | None = None,
-                 counters: Counters | None = None, zmq_buffer: int = 50,
-                 linger: float = 1.0, ctx: zmq.Context | None = None):
+                 counters: Counters | None = None):
         if mode not in (COMPRESS, DECOMPRESS):
             raise ValueError(f"relay mode {mode!r}")
         if mode == DECOMPRESS and rc is not None:
@@ -92,7 +96,60 @@ class Relay:
         if rc is not None:
             rc.c = self.c
             init_counters(self.c, "dropped.hwm", "frames_dropped.hwm", "compressed_frames",
-                      "compressed_packets", "compressed_raw_bytes", "compressed_bytes")
+                          "compressed_packets", "compressed_raw_bytes", "compressed_bytes")
+        self.out = OutStreams(self.c)
+        self._warn = RateLimited(log, 10.0)
+        self.tracker = StreamTracker(self.c, log, self._warn)
+        init_counters(self.c, "frames_in", "packets_in", "bytes_in", "frames_out", "packets_out",
+                      "bytes_out", "dropped.malformed", "frames_dropped.malformed",
+                      "dropped.queue_full", "frames_dropped.queue_full")
+
+    def handle(self, data, peer: str = "") -> list[Output]:
+        """One frame in (validated whole, its stream checked for transit losses)."""
+        f = self.tracker.accept(data, peer)
+        if f is None:
+            return []
+        key = f.sender_id.encode()
+        if self.rc is None:
+            return [Output(key, f.count, f.size, f.records, frame.CODEC_NONE)]
+        return self.rc.offer(key, f.records, f.count)
+
+    def tick(self, now: float | None = None) -> list[Output]:
+        """Squashed frames whose delay is over."""
+        return self.rc.poll(now) if self.rc is not None else []
+
+    def flush(self) -> list[Output]:
+        """At exit: whatever the rate controller still holds."""
+        return self.rc.flush() if self.rc is not None else []
+
+    def timeout(self) -> float | None:
+        return self.rc.timeout() if self.rc is not None else None
+
+    def frame_of(self, out: Output) -> bytes:
+        return self.out.frame(out)
+
+    def result(self, out: Output, accepted: bool) -> str:
+        outcome = outgoing.account(self.c, accepted, out.count, out.raw_len, False)
+        if outcome is outgoing.SENT:
+            self.out.sent(out)
+        else:
+            self._warn.warning("queue_full", "output queue full: frames dropped",
+                               event="queue_full")
+        return outcome
+
+
+class Relay:
+    """One relay: ``bind_in`` / ``connect_out``, then ``run()`` (in this
+    thread) or ``start()`` (in a new one) until ``stop()``.  The sockets and
+    the loop around a ``RelayCore``."""
+
+    def __init__(self, mode: str, rc: RateController | None = None,
+                 counters: Counters | None = None, zmq_buffer: int = 50,
+                 linger: float = 1.0, ctx: zmq.Context | None = None):
+        self.core = RelayCore(mode, rc, counters)
+        self.mode = mode
+        self.c = self.core.c
+        self.rc = rc
         self.zmq_buffer = zmq_buffer
         self.linger = linger
         self._own_ctx = ctx is None
@@ -104,16 +161,12 @@ class Relay:
         #: CURVE (security.Curve): server on the input, client on the output
         self.curve = None
         self.monitor: listen.Monitor | None = None
-        self.out = OutStreams(self.c)
-        self._warn = RateLimited(log, 10.0)
-        self.tracker = StreamTracker(self.c, log, self._warn)
+        self.out = self.core.out
+        self.tracker = self.core.tracker
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.ready = threading.Event()
         self.error: BaseException | None = None
-        init_counters(self.c, "frames_in", "packets_in", "bytes_in", "frames_out", "packets_out",
-                  "bytes_out", "dropped.malformed", "frames_dropped.malformed",
-                  "dropped.queue_full", "frames_dropped.queue_full")
 
     # -- set-up ------------------------------------------------------------------
     def bind_in(self, endpoint: str) -> None:
@@ -151,38 +204,18 @@ class Relay:
         for ep in self._connects:
             self.push.connect(ep)
 
-    # -- the core: one frame in, frames out ----------------------------------------
+    # -- frames in, frames out ----------------------------------------------------
     def handle(self, data, peer: str = "") -> None:
-        f = self.tracker.accept(data, peer)
-        if f is None:
-            return
-        key = f.sender_id.encode()
-        if self.rc is None:
-            self._send(Output(key, f.count, f.size, f.records, frame.CODEC_NONE))
-        else:
-            for out in self.rc.offer(key, f.records, f.count):
-                self._send(out)
+        for out in self.core.handle(data, peer):
+            self._send(out)
 
     def tick(self, now: float | None = None) -> None:
-        """Send squashed frames whose delay is over."""
-        if self.rc is not None:
-            for out in self.rc.poll(now):
-                self._send(out)
+        for out in self.core.tick(now):
+            self._send(out)
 
     def _send(self, out: Output) -> None:
-        c = self.c
-        try:
-            self.push.send(self.out.frame(out), zmq.NOBLOCK)
-        except zmq.Again:
-            c["dropped.queue_full"] += out.count
-            c["frames_dropped.queue_full"] += 1
-            self._warn.warning("queue_full", "output queue full: frames dropped",
-                               event="queue_full")
-            return
-        self.out.sent(out)
-        c["frames_out"] += 1
-        c["packets_out"] += out.count
-        c["bytes_out"] += out.raw_len - pcap.RECORD_HEADER_SIZE * out.count
+        accepted, _ = outgoing.try_send(self.push, self.core.frame_of(out))
+        self.core.result(out, accepted)
 
     # -- the loop ----------------------------------------------------------------
     def run(self, rt: runtime.Runtime | None = None) -> None:
@@ -198,10 +231,8 @@ class Relay:
         pull = self.pull
         while not self._stopping and not (rt is not None and rt.stopping):
             timeout = rt.timeout(0.5) if rt is not None else 0.1
-            if self.rc is not None:
-                due = self.rc.timeout()
-                if due is not None:
-                    timeout = min(timeout, due)
+            if (due := self.core.timeout()) is not None:
+                timeout = min(timeout, due)
             if poller.poll(timeout * 1000):
                 drain(pull, self.handle, 256)
             now = time.monotonic()
@@ -217,9 +248,8 @@ class Relay:
         if self.pull is None:
             return
         drain(self.pull, self.handle, max_frames)
-        if self.rc is not None:
-            for out in self.rc.flush():
-                self._send(out)
+        for out in self.core.flush():
+            self._send(out)
 
     def start(self) -> threading.Thread:
         """Run in a new (daemon) thread; returns once the sockets are set up."""

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from nflog_pipe.sender import DrainPacer
+from nflog_pipe.batching import DrainPacer
 
 FRAME = 512 * 1024
 

@@ -33,10 +33,20 @@ NODE6, PEER6 = "fd00:79::1", "fd00:79::2"
 KEYGEN = Path(sys.executable).parent / "nflog-pipe-keygen"
 
 
-def render(overlay: str) -> dict[str, dict]:
+def render(overlay: str, tmp: Path) -> dict[str, dict]:
+    """`kubectl kustomize` of the overlay with the images this run built: a kustomization
+    of its own on top, as an operator's `kustomize edit set image` (docs/deployment.md);
+    the manifests say :dev, NFLOG_PIPE_TEST_TAG builds another tag."""
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl (with its built-in kustomize) is needed to render the manifests"
-    d = K8S / overlay
+    d = tmp / "kustomize"
+    d.mkdir()
+    (d / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        # kustomize takes no absolute path here
+        "resources": [os.path.relpath(K8S / overlay, d)],
+        "images": [{"name": f"{PREFIX}/{n}", "newTag": TAG} for n in ("sender", "receiver", "ids")],
+    }))
     p = subprocess.run([kubectl, "kustomize", str(d)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     return {f"{o['kind']}/{o['metadata']['name']}": o for o in yaml.safe_load_all(p.stdout) if o}
@@ -80,7 +90,7 @@ def alerts(pod: Pod) -> list[dict]:
 
 @pytest.mark.parametrize("overlay", ["base", "overlays/curve"])
 def test_manifests_run_as_the_kubelet_would(images, tmp_path, overlay):
-    objs = render(overlay)
+    objs = render(overlay, tmp_path)
     for name in ("sender", "receiver", "ids"):  # the manifests name the images this run built
         assert IMAGES[name] in json.dumps(objs), f"{IMAGES[name]} not in the rendered manifests"
     docker("image", "inspect", PAUSE)

@@ -7,13 +7,23 @@ container under docker with exactly its pod's settings. A test namespace joined 
 node by a veth pair sends datagrams that the node's NFLOG rules log (IPv4 group 0,
 IPv6 group 1, as the sender's ConfigMap says); Suricata in the receiver pod must alert
 on each address family, and every liveness probe must pass while the chain works.
+
+For the sharded overlay: every pod of the receiver StatefulSet (receiver-0, receiver-1,
+each with its stable name, which the node resolves as the cluster DNS would through the
+headless Service), and the sender with the overlay's shard list. The peer sends several
+flows from several addresses of each family, chosen so that the flow hash puts some on
+every shard; each flow must raise alerts in exactly the Suricata of its shard (the
+position of the pod in the sender's list is the pod's ordinal), none in another.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -25,6 +35,8 @@ import pytest
 import yaml
 from conftest import FIGURES, IMAGES, PREFIX, ROOT, TAG
 from kubelet import Node, Pod, cluster_dns, docker, replicas
+
+from nflog_pipe import shard
 
 K8S = ROOT / "deploy/kubernetes"
 MARKER = b"NFLOG-PIPE-SELFTEST"
@@ -211,3 +223,101 @@ def test_manifests_run_as_the_kubelet_would(images, tmp_path, overlay):
     finally:
         cluster.close()
 
+
+def udp_packet(src: str, sport: int, dst: str, dport: int = 7) -> bytes:
+    """The datagram as the node's NFLOG rule logs it (what the sender's flow hash reads)."""
+    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(MARKER), 0) + MARKER
+    if a.version == 4:
+        return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
+                           a.packed, b.packed) + udp
+    return struct.pack("!IHBB16s16s", 6 << 28, len(udp), 17, 64, a.packed, b.packed) + udp
+
+
+def flow_of(alert: dict) -> tuple[str, int]:
+    """(source address, source port) of an alert: the flow, as the peer sent it."""
+    return str(ipaddress.ip_address(alert["src_ip"])), alert["src_port"]
+
+
+def test_sharded_overlay_runs_as_the_kubelet_would(images, tmp_path):
+    objs = render("overlays/sharded", tmp_path)
+    sts = objs["StatefulSet/nflog-pipe-receiver"]
+    n = replicas(sts)
+    assert n >= 2
+    key = objs["ConfigMap/nflog-pipe-sender"]["data"].get("NFLOG_PIPE_SHARD_KEY", "addr")
+    # flows of each family for every shard (2 each), by the hash the sender uses with n
+    # destinations: with the key `addr` the source address decides, so several of them
+    flows: dict[tuple[str, int], int] = {}
+    for net, node in ((ipaddress.ip_network("10.79.0.0/24"), NODE4),
+                      (ipaddress.ip_network("fd00:79::/64"), NODE6)):
+        per: dict[int, int] = dict.fromkeys(range(n), 0)
+        for host in itertools.islice(net.hosts(), 1, 200):  # .1 is the node
+            for sport in (40001, 40002):
+                i = shard.shard_of(udp_packet(str(host), sport, node), n, key)
+                if per[i] < 2:
+                    per[i] += 1
+                    flows[str(host), sport] = i
+            if min(per.values()) == 2:
+                break
+        assert min(per.values()) == 2, f"no address of {net} puts 2 flows on each shard: {per}"
+    peer4 = sorted({a for a, _ in flows if ":" not in a})
+    peer6 = sorted({a for a, _ in flows if ":" in a})
+
+    t0 = time.monotonic()
+    cluster = Cluster(f"nzpk{os.getpid()}s", objs, tmp_path)
+    try:
+        # the StatefulSet's pods (Parallel: all at once), then the node that resolves them
+        recv = [cluster.pod("StatefulSet/nflog-pipe-receiver", f"r{i}", node=None, ordinal=i)
+                for i in range(n)]
+        assert [p.pod_name for p in recv] == [f"nflog-pipe-receiver-{i}" for i in range(n)]
+        hosts = cluster_dns(objs, recv)
+        cluster.start_node(hosts, peer4, peer6)
+        cluster.pod("DaemonSet/nflog-pipe-sender", "send", node=cluster.node)
+
+        # traffic until every flow has raised an alert (bounded: 90 s, 60 rounds)
+        first: dict[int, float] = {}
+        every = None
+        deadline = time.monotonic() + 90
+        rounds = 0
+        last_send = 0.0
+        while time.monotonic() < deadline and rounds < 60:
+            if time.monotonic() - last_send >= 1:
+                cluster.check_running()
+                cluster.send(list(flows), 3)
+                rounds += 1
+                last_send = time.monotonic()
+            time.sleep(0.2)
+            got = [alerts(p) for p in recv]
+            for i, a in enumerate(got):
+                if a and i not in first:
+                    first[i] = round(time.monotonic() - t0, 1)
+            if {flow_of(a) for al in got for a in al} >= set(flows):
+                every = round(time.monotonic() - t0, 1)
+                break
+        time.sleep(1)  # what is still on its way, to be judged too
+        got = [alerts(p) for p in recv]
+        where: dict[tuple[str, int], set[int]] = {}
+        for i, al in enumerate(got):
+            for a in al:
+                where.setdefault(flow_of(a), set()).add(i)
+        missing = set(flows) - set(where)
+        assert not missing, \
+            f"no alert after {rounds} rounds for the flows {sorted(missing)}{cluster.logs()}"
+        assert set(where) == set(flows), f"alerts for flows never sent: {set(where) - set(flows)}"
+        split = {f: s for f, s in where.items() if len(s) > 1}
+        assert not split, f"flows seen by more than one shard: {split}"
+        wrong = {f: (s, flows[f]) for f, s in where.items() if s != {flows[f]}}
+        assert not wrong, f"flows on another shard than the hash's (seen, expected): {wrong}"
+        for i, al in enumerate(got):  # every shard, each family
+            fams = {ipaddress.ip_address(a["src_ip"]).version for a in al}
+            assert fams == {4, 6}, f"{recv[i].pod_name}: alerts for IPv{fams} only"
+        FIGURES["k8s overlays/sharded: flows (IPv4 + IPv6) per shard"] = \
+            [sum(1 for s in flows.values() if s == i) for i in range(n)]
+        FIGURES["k8s overlays/sharded: pods up to first alert per shard (s)"] = \
+            [first.get(i) for i in range(n)]
+        FIGURES["k8s overlays/sharded: pods up to alerts on every flow (s)"] = every
+        FIGURES["k8s overlays/sharded: alerts per shard"] = [len(al) for al in got]
+
+        cluster.check_probes()
+    finally:
+        cluster.close()

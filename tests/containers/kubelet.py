@@ -14,10 +14,15 @@ it does not know how to apply, so a manifest cannot drift into something unverif
 - env from ConfigMaps (envFrom) and values or fieldRefs (env);
 - emptyDir volumes as tmpfs of their sizeLimit, owned by fsGroup with the setgid bit
   like the kubelet's; Secret items as files with their mode; readOnly mounts;
-- exec liveness probes run inside the container, as the kubelet runs them.
+- exec liveness probes run inside the container, as the kubelet runs them;
+- a StatefulSet's pods by ordinal, each with its stable name (<set>-<i>) as host name and
+  the governing Service as subdomain; `podManagementPolicy: Parallel` (all at once).
 
-Services are a name in the node's hosts file pointing at the pod's address (their port
-must equal the container port: there is no kube-proxy to translate it).
+Services are what the cluster DNS would answer, in the node's hosts file (cluster_dns):
+a ClusterIP Service's name points at its one pod's address (there is no kube-proxy to
+balance or translate: one pod, and the Service port must equal the container port); a
+headless Service (clusterIP: None) names every pod it selects, and each StatefulSet pod
+it governs by <pod>.<service>.<namespace>.svc.cluster.local.
 """
 
 from __future__ import annotations
@@ -38,6 +43,17 @@ POD_SPEC = {"containers", "volumes", "securityContext", "hostNetwork", "dnsPolic
             "terminationGracePeriodSeconds"}
 CONTAINER_SPEC = {"name", "image", "imagePullPolicy", "env", "envFrom", "ports", "securityContext",
                   "resources", "livenessProbe", "volumeMounts", "command", "args"}
+#: workload spec fields this emulation applies, per kind (rolling updates never happen
+#: here: each test starts one generation, so the update strategies are inert)
+WORKLOAD_SPEC = {
+    "Deployment": {"replicas", "strategy", "selector", "template"},
+    "DaemonSet": {"selector", "updateStrategy", "template"},
+    "StatefulSet": {"replicas", "serviceName", "podManagementPolicy", "selector", "template"},
+}
+TEMPLATE_METADATA = {"labels"}
+#: Service spec fields (every pod here is ready at once: publishNotReadyAddresses is inert)
+SERVICE_SPEC = {"type", "clusterIP", "selector", "ports", "publishNotReadyAddresses"}
+CLUSTER_DOMAIN = "svc.cluster.local"
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
@@ -68,15 +84,17 @@ def unknown(what: str, got: dict, known: set[str]) -> None:
 
 @dataclass
 class Node:
-    """A node's network namespace: an idle container on the cluster network."""
+    """A node's network namespace: an idle container on the cluster network; `hosts` is
+    what its resolver answers (a name may have several addresses, as a headless Service)."""
     name: str
     network: str
     image: str
-    hosts: dict[str, str] = field(default_factory=dict)
+    hosts: dict[str, str | list[str]] = field(default_factory=dict)
     cid: str = ""
 
     def start(self) -> None:
-        add = [f"--add-host={h}:{ip}" for h, ip in self.hosts.items()]
+        add = [f"--add-host={h}:{ip}" for h, ips in self.hosts.items()
+               for ip in ([ips] if isinstance(ips, str) else ips)]
         self.cid = docker("run", "-d", "--name", self.name, "--hostname", self.name,
                           "--network", self.network, "--cap-drop", "ALL", *add,
                           # a node has IPv6 (docker turns it off in containers by default)
@@ -100,21 +118,49 @@ def ip_of(cid: str, network: str) -> str:
     return nets[network]["IPAddress"]
 
 
+def replicas(workload: dict) -> int:
+    """How many pods the workload asks for (a DaemonSet: one per node, one node here)."""
+    return 1 if workload["kind"] == "DaemonSet" else workload["spec"].get("replicas", 1)
+
+
 class Pod:
-    """One pod of a workload (Deployment, DaemonSet, StatefulSet), run under docker."""
+    """One pod of a workload (Deployment, DaemonSet, StatefulSet), run under docker.
+
+    `name` prefixes its docker containers (unique on a shared engine); the pod's own name
+    is that name, or for a StatefulSet <set>-<ordinal>, as the controller names them."""
 
     def __init__(self, workload: dict, objects: dict[str, dict], *, name: str, node: Node | None,
                  network: str, pause_image: str, workdir: Path,
-                 secrets: dict[str, dict[str, bytes]] | None = None):
+                 secrets: dict[str, dict[str, bytes]] | None = None, ordinal: int | None = None):
         self.kind = workload["kind"]
         self.meta = workload["metadata"]
-        self.spec = workload["spec"]["template"]["spec"]
+        wspec = workload["spec"]
+        self.spec = wspec["template"]["spec"]
+        self.labels = wspec["template"].get("metadata", {}).get("labels", {})
         self.objects, self.name, self.node, self.network = objects, name, node, network
         self.pause_image, self.workdir = pause_image, workdir
         self.secrets = secrets or {}
         self.cids: dict[str, str] = {}
         self.pause = ""
         self.mounted: list[Path] = []
+        assert self.kind in WORKLOAD_SPEC, f"{self.kind}: not an emulated workload"
+        unknown(f"{self.kind} spec", wspec, WORKLOAD_SPEC[self.kind])
+        unknown(f"{self.kind} pod template metadata", wspec["template"].get("metadata", {}),
+                TEMPLATE_METADATA)
+        sel = wspec["selector"]
+        unknown(f"{self.kind} selector", sel, {"matchLabels"})
+        assert sel["matchLabels"].items() <= self.labels.items(), \
+            f"{self.kind} {self.meta['name']}: the selector does not select its own pods"
+        self.pod_name, self.subdomain = name, None
+        if self.kind == "StatefulSet":
+            assert ordinal is not None and 0 <= ordinal < replicas(workload), \
+                f"StatefulSet {self.meta['name']}: ordinal {ordinal} of {replicas(workload)}"
+            policy = wspec.get("podManagementPolicy", "OrderedReady")
+            assert policy == "Parallel", f"podManagementPolicy {policy} is not emulated"
+            self.pod_name = f"{self.meta['name']}-{ordinal}"
+            self.subdomain = wspec["serviceName"]
+        else:
+            assert ordinal is None, f"{self.kind} pods have no ordinal"
         unknown(f"{self.kind} pod spec", self.spec, POD_SPEC)
         unknown(f"{self.kind} pod securityContext", self.spec.get("securityContext", {}),
                 POD_SECURITY)
@@ -129,6 +175,16 @@ class Pod:
 
     def ip(self) -> str:
         return self.node.ip() if self.host_network else ip_of(self.pause, self.network)
+
+    @property
+    def namespace(self) -> str:
+        return self.meta.get("namespace", "default")
+
+    def fqdn(self) -> str | None:
+        """<pod>.<subdomain>.<namespace>.svc.cluster.local: a StatefulSet pod's own name
+        (its hosts file has it, and the governing headless Service's DNS)."""
+        return (f"{self.pod_name}.{self.subdomain}.{self.namespace}.{CLUSTER_DOMAIN}"
+                if self.subdomain else None)
 
     def volumes(self) -> dict[str, Path]:
         psc = self.spec.get("securityContext", {})
@@ -171,8 +227,8 @@ class Pod:
         for src in c.get("envFrom", []):
             ref = src["configMapRef"]["name"]
             values.update(self.objects[f"ConfigMap/{ref}"]["data"])
-        fields = {"spec.nodeName": self.node.name if self.node else "", "metadata.name": self.name,
-                  "metadata.namespace": self.meta.get("namespace", "default")}
+        fields = {"spec.nodeName": self.node.name if self.node else "",
+                  "metadata.name": self.pod_name, "metadata.namespace": self.namespace}
         for e in c.get("env", []):
             if "value" in e:
                 values[e["name"]] = e["value"]
@@ -221,9 +277,11 @@ class Pod:
 
     def start(self) -> None:
         if not self.host_network:
-            self.pause = docker("run", "-d", "--name", f"{self.name}-pause", "--hostname", self.name,
-                                "--network", self.network, "--cap-drop", "ALL",
-                                self.pause_image).stdout.strip()
+            # the pod's host name; with a subdomain its hosts file also has the full name
+            dom = ["--domainname", self.fqdn().split(".", 1)[1]] if self.subdomain else []
+            self.pause = docker("run", "-d", "--name", f"{self.name}-pause",
+                                "--hostname", self.pod_name, *dom, "--network", self.network,
+                                "--cap-drop", "ALL", self.pause_image).stdout.strip()
         vols = self.volumes()
         for c in self.spec["containers"]:
             unknown(f"container {c['name']}", c, CONTAINER_SPEC)
@@ -269,3 +327,38 @@ class Pod:
             docker("rm", "-f", self.pause, check=False)
         for d in reversed(self.mounted):
             subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def cluster_dns(objects: dict[str, dict], pods: list[Pod]) -> dict[str, list[str]]:
+    """The names the cluster DNS would answer for the rendered Services, given the pods
+    that run: name -> addresses (for the node's hosts file)."""
+    out: dict[str, list[str]] = {}
+    for key, svc in objects.items():
+        if not key.startswith("Service/"):
+            continue
+        spec, name = svc["spec"], svc["metadata"]["name"]
+        unknown(f"Service {name} spec", spec, SERVICE_SPEC)
+        assert spec.get("type", "ClusterIP") == "ClusterIP", f"Service {name}: only ClusterIP"
+        ns = svc["metadata"].get("namespace", "default")
+        selected = [p for p in pods if p.namespace == ns and not p.host_network
+                    and spec["selector"].items() <= p.labels.items()]
+        assert selected, f"Service {name} selects no pod that runs"
+        for p in selected:  # no kube-proxy: the Service port must be the container's
+            cports = {(cp.get("name"), cp["containerPort"]) for c in p.spec["containers"]
+                      for cp in c.get("ports", [])}
+            for port in spec["ports"]:
+                target = port.get("targetPort", port["port"])
+                (cport,) = [n for nm, n in cports if target in (nm, n)]
+                assert cport == port["port"], \
+                    f"Service {name}: port {port['port']} -> {cport}: no kube-proxy to translate"
+        if spec.get("clusterIP") == "None":  # headless: every pod, and each by its own name
+            out[f"{name}.{ns}.{CLUSTER_DOMAIN}"] = [p.ip() for p in selected]
+            for p in selected:
+                if p.subdomain == name:
+                    out[p.fqdn()] = [p.ip()]
+        else:
+            assert "clusterIP" not in spec, f"Service {name}: a fixed clusterIP is not emulated"
+            assert len(selected) == 1, \
+                f"Service {name}: {len(selected)} pods; no kube-proxy to balance between them"
+            out[f"{name}.{ns}.{CLUSTER_DOMAIN}"] = [selected[0].ip()]
+    return out

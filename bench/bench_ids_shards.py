@@ -12,17 +12,42 @@ bottleneck).  The split: the project's own C splitter (``shard.Splitter``, the
 code ``nflog-pcap-recv`` runs with several outputs, same hash as the sender)
 writes one pcap per shard.  Then, per run:
 
-  1 shard:  ``taskset -c 0 suricata -r all.pcap``                  wall time T1
-  2 shards: ``taskset -c 0 suricata -r shard0.pcap`` and, at the same time,
-            ``taskset -c 1 suricata -r shard1.pcap``              wall time T2
-            (both started together, T2 = until the last one ends)
+  1 shard:  ``taskset -c 0 suricata --runmode single -r all.pcap``
+  2 shards: ``taskset -c 0 suricata --runmode single -r shard0.pcap`` and, started
+            at the same time, ``taskset -c 1 ... -r shard1.pcap``
 
-analysed packets/s = packets / T (Suricata's own "decoder.pkts" checked against
-the packet count); T runs from "Engine started" (rules loaded; with 2 shards the
-later of the two) to the last exit; the ratio T1 / T2 is the gain of the second shard (goal
->= 1.8 on a 2-core machine).  The pcaps are read from files, not FIFOs: this
-measures the IDS side of scale-out, which is what limits it (the receiver
-writes millions of packets/s, Suricata tens of thousands).
+What is timed, per Suricata (run with ``-v``; each log line timed as it reaches
+the bench, so the pipe's lag is the same at both ends):
+
+  load      spawn -> "Engine started" (rule loading: not counted)
+  analysis  "Engine started" -> "pcap file ... end of file reached".  In the
+            single runmode one thread reads the file and runs decode, flow and
+            detection on each packet before it reads the next, so at that line
+            every packet has been analysed.
+  shutdown  that line -> exit (flow cleanup, stats, freeing the rules: not counted)
+
+T = the analysis time of the slowest Suricata (1 shard: the only one; 2 shards:
+both start together, each on its own core, and the pair is done when the slower
+one is); analysed packets/s = packets / T; the ratio T1 / T2 is the gain of the
+second shard (goal >= 1.8 on a 2-core machine; the ceiling is packets / the larger
+shard, printed as "ideal").  Every packet is analysed once: each Suricata's "pcap:
+read N packets" and stats.log "decoder.pkts" must equal its file's packet count.
+
+Printed beside it, per process: the breakdown above, Suricata's own "time
+elapsed" (its threads started -> stopped, which also covers the flow cleanup), the
+CPU seconds of the packet thread (W#01) at end of file, and the core share (the
+process's CPU seconds during the analysis / the analysis time: below 0.9 something
+else ran on that core, and the run is marked CONTENDED).  The "worker CPU" ratio
+is T1 / T2 with CPU seconds in place of wall seconds: it does not see time lost to
+other processes on the core, but does see a core that computes slower (another
+VM or a busy sibling on the host).  The old measure (the later "Engine started"
+to the last exit) is printed too: it adds the shutdown (~0.04 s here) to both, and
+with 2 shards it does not count what the earlier Suricata analysed while the other
+was still loading its rules, which can push it above the ideal.
+
+The pcaps are read from files, not FIFOs: this measures the IDS side of scale-out,
+which is what limits it (the receiver writes millions of packets/s, Suricata tens
+of thousands).
 """
 
 from __future__ import annotations
@@ -97,8 +122,9 @@ def split(recs: bytes, packets: int, tmp: Path) -> list[tuple[Path, int]]:
 
 def suricata(cpu: int, pcap_path: Path, rules: Path, logdir: Path) -> subprocess.Popen:
     logdir.mkdir(parents=True, exist_ok=True)
+    # -v: the Info lines ("end of file reached", "time elapsed") are the markers
     return subprocess.Popen(
-        ["taskset", "-c", str(cpu), "suricata", "-r", str(pcap_path), "-S", str(rules),
+        ["taskset", "-c", str(cpu), "suricata", "-v", "-r", str(pcap_path), "-S", str(rules),
          "-l", str(logdir), "-k", "none", "--runmode", "single",
          "--set", "unix-command.enabled=no", "--set", "outputs.1.eve-log.enabled=no"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -116,38 +142,107 @@ def decoded(logdir: Path) -> int | None:
     return val
 
 
-def run(procs_spec, tmp: Path, tag: str) -> tuple[float, list]:
-    """Start the Suricatas together; the time from the first "Engine started"
-    (rules loaded) to the last exit: the analysis, without the rule loading."""
-    procs = [(suricata(cpu, path, rules, tmp / f"{tag}{i}"), tmp / f"{tag}{i}")
-             for i, (cpu, path, rules) in enumerate(procs_spec)]
-    started: list[float] = []
-    ended: list[float] = []
-    read: list[int] = []
-    cpu: list[float] = []
+TICK = os.sysconf("SC_CLK_TCK")
+#: below this share of its core during the analysis a Suricata was not alone on it
+MIN_SHARE = 0.9
 
-    def follow(p):
+
+def cpu_s(pid: int, tid: int | None = None) -> float:
+    """CPU seconds (user + system) of a process, or of one of its threads."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def worker_cpu_s(pid: int) -> float:
+    """CPU seconds of Suricata's packet thread(s) ("W#01" in the single runmode:
+    it reads the file and runs decode, flow and detection on every packet)."""
+    total = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            if f.read().startswith("W#"):
+                total += cpu_s(pid, int(tid))
+    return total
+
+
+def run(procs_spec, tmp: Path, tag: str) -> dict:
+    """Start the Suricatas together and time each one from its own log lines.
+
+    Per process (times taken when the line reaches us, the same lag at both ends):
+    ``load``: spawn -> "Engine started" (rule loading, not counted);
+    ``analysis``: "Engine started" -> "pcap file ... end of file reached" (in the
+    single runmode the thread that reads the file runs decode, flow and detection on
+    each packet before it reads the next, so at that line every packet has been
+    analysed); ``shutdown``: that line -> exit.  ``share``: the process's CPU
+    seconds over ``analysis`` (1.0 = the core was its own; less: something else ran
+    on it).  ``worker_cpu``: CPU seconds of the packet thread at end of file.
+    """
+    t0 = time.monotonic()
+    procs = [(suricata(cpu, path, rules, tmp / f"{tag}{i}"), tmp / f"{tag}{i}", count)
+             for i, (cpu, path, rules, count) in enumerate(procs_spec)]
+    info: list[dict] = [{} for _ in procs]
+
+    def follow(p, d):
+        cpu_start = None
         for line in p.stdout:
-            if "Engine started" in line:
-                started.append(time.monotonic())
+            now = time.monotonic()
+            if "Engine started" in line and "start" not in d:
+                d["start"] = now
+                cpu_start = cpu_s(p.pid)
+            elif "end of file reached" in line and "eof" not in d:
+                d["eof"] = now
+                d["analysis_cpu"] = cpu_s(p.pid) - (cpu_start or 0.0)
+                d["worker_cpu"] = worker_cpu_s(p.pid)
+            elif "time elapsed" in line:  # Suricata's own: threads started -> stopped
+                d["suricata_elapsed"] = float(line.split("time elapsed")[1].strip().rstrip("s"))
             elif "pcap: read" in line:
-                read.append(int(line.split(" packets")[0].split()[-1]))
+                d["read"] = int(line.split(" packets")[0].split()[-1])
         _, status, ru = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
-        ended.append(time.monotonic())
-        cpu.append(ru.ru_utime + ru.ru_stime)
+        d["exit"] = time.monotonic()
+        d["cpu_total"] = ru.ru_utime + ru.ru_stime
 
-    threads = [threading.Thread(target=follow, args=(p,)) for p, _ in procs]
+    threads = [threading.Thread(target=follow, args=(p, d)) for (p, _, _), d in zip(procs, info, strict=True)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(3600)
-    for p, _ in procs:
+    out = []
+    for (p, logdir, count), d in zip(procs, info, strict=True):
         if p.returncode:
-            raise RuntimeError(f"suricata exited {p.returncode}")
-    # both must have loaded their rules before either analysed much: the later
-    # start counts (a Suricata still loading leaves the core to the other)
-    return max(ended) - max(started), read, cpu
+            raise RuntimeError(f"suricata exited {p.returncode} ({logdir})")
+        if "start" not in d or "eof" not in d:
+            raise RuntimeError(f"no 'Engine started' / 'end of file reached' line ({logdir})")
+        d["decoded"] = decoded(logdir)
+        if d.get("read") != count or d["decoded"] != count:
+            raise RuntimeError(f"{logdir}: {count} packets in the file, Suricata read "
+                               f"{d.get('read')} and decoded {d['decoded']}")
+        d["packets"] = count
+        d["load"] = d["start"] - t0
+        d["analysis"] = d["eof"] - d["start"]
+        d["shutdown"] = d["exit"] - d["eof"]
+        d["share"] = d["analysis_cpu"] / d["analysis"]
+        out.append(d)
+    return {
+        # the measure: the slowest shard's own analysis time
+        "t": max(d["analysis"] for d in out),
+        # its CPU counterpart: the most loaded packet thread's CPU seconds
+        "t_cpu": max(d["worker_cpu"] for d in out),
+        # the old measure: the later "Engine started" to the last exit
+        "t_old": max(d["exit"] for d in out) - max(d["start"] for d in out),
+        "procs": [{k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()
+                   if k not in ("start", "eof", "exit")} for d in out],
+    }
+
+
+def describe(tag: str, r: dict) -> str:
+    return "\n".join(
+        f"#   {tag}[{i}] {d['packets']} pkts: load {d['load']:.2f} s | analysis "
+        f"{d['analysis']:.3f} s ({d['packets'] / d['analysis']:,.0f} pkt/s, core share "
+        f"{d['share']:.2f}, worker CPU {d['worker_cpu']:.2f} s) | shutdown "
+        f"{d['shutdown']:.3f} s | Suricata's 'time elapsed' {d.get('suricata_elapsed')} s"
+        for i, d in enumerate(r["procs"]))
 
 
 def main(argv=None) -> int:
@@ -166,26 +261,46 @@ def main(argv=None) -> int:
         rules = tmp / "heavy.rules"
         make_rules(rules, a.rules)
         shards = split(recs, a.packets, tmp)
+        ideal = a.packets / max(c for _, c in shards)
         results = []
         for r in range(a.runs):
-            t1, d1, c1 = run([(0, tmp / "all.pcap", rules)], tmp, f"one{r}-")
-            t2, d2, c2 = run([(0, shards[0][0], rules), (1, shards[1][0], rules)], tmp,
-                             f"two{r}-")
-            results.append({"run": r, "t1": t1, "t2": t2, "read1": d1, "read2": d2,
-                            "cpu1": c1, "cpu2": c2})
-            print(f"# run {r}: 1 shard {t1:.2f} s ({a.packets / t1:,.0f} pkt/s), 2 shards "
-                  f"{t2:.2f} s ({a.packets / t2:,.0f} pkt/s), ratio {t1 / t2:.2f}; read "
-                  f"{d1} / {d2}; CPU s (with rule loading) {c1} / {c2}", flush=True)
-        t1 = statistics.median(x["t1"] for x in results)
-        t2 = statistics.median(x["t2"] for x in results)
+            one = run([(0, tmp / "all.pcap", rules, a.packets)], tmp, f"one{r}-")
+            two = run([(0, shards[0][0], rules, shards[0][1]),
+                       (1, shards[1][0], rules, shards[1][1])], tmp, f"two{r}-")
+            shares = [d["share"] for d in one["procs"] + two["procs"]]
+            results.append({"run": r, "one": one, "two": two,
+                            "contended": min(shares) < MIN_SHARE})
+            print(f"# run {r}: analysis 1 shard {one['t']:.2f} s "
+                  f"({a.packets / one['t']:,.0f} pkt/s), 2 shards {two['t']:.2f} s "
+                  f"({a.packets / two['t']:,.0f} pkt/s), ratio {one['t'] / two['t']:.2f} | "
+                  f"worker CPU ratio {one['t_cpu'] / two['t_cpu']:.2f} | old measure "
+                  f"(later 'Engine started' -> last exit) {one['t_old']:.2f} / "
+                  f"{two['t_old']:.2f} s, ratio {one['t_old'] / two['t_old']:.2f}"
+                  + (f" | CONTENDED: a core share {min(shares):.2f} < {MIN_SHARE}"
+                     if min(shares) < MIN_SHARE else ""), flush=True)
+            print(describe("1 shard ", one), flush=True)
+            print(describe("2 shards", two), flush=True)
+
+        def med(key, n):
+            return statistics.median(x[n][key] for x in results)
+
+        t1, t2 = med("t", "one"), med("t", "two")
+        c1, c2 = med("t_cpu", "one"), med("t_cpu", "two")
+        o1, o2 = med("t_old", "one"), med("t_old", "two")
+        contended = sum(x["contended"] for x in results)
         summary = {"packets": a.packets, "flows": a.flows, "rules": a.rules,
-                   "shard_packets": [c for _, c in shards], "t1_s": t1, "t2_s": t2,
-                   "pps_1": a.packets / t1, "pps_2": a.packets / t2, "ratio": t1 / t2,
-                   "runs": results}
-        print(f"| shards | packets per shard | wall s | analysed pkt/s |\n|---|---|---:|---:|\n"
-              f"| 1 | {a.packets} | {t1:.2f} | {a.packets / t1:,.0f} |\n"
+                   "shard_packets": [c for _, c in shards], "ideal_ratio": ideal,
+                   "t1_s": t1, "t2_s": t2, "pps_1": a.packets / t1, "pps_2": a.packets / t2,
+                   "ratio": t1 / t2, "cpu_ratio": c1 / c2, "old_t1_s": o1, "old_t2_s": o2,
+                   "old_ratio": o1 / o2, "contended_runs": contended, "runs": results}
+        print(f"| shards | packets per shard | analysis s | analysed pkt/s | worker CPU s "
+              f"| old measure s |\n|---|---|---:|---:|---:|---:|\n"
+              f"| 1 | {a.packets} | {t1:.2f} | {a.packets / t1:,.0f} | {c1:.2f} | {o1:.2f} |\n"
               f"| 2 | {' + '.join(str(c) for _, c in shards)} | {t2:.2f} | "
-              f"{a.packets / t2:,.0f} |\n\nratio 2/1: {t1 / t2:.2f} (medians of {a.runs})")
+              f"{a.packets / t2:,.0f} | {c2:.2f} | {o2:.2f} |\n\n"
+              f"ratio 2/1 (analysis): {t1 / t2:.2f}; worker CPU: {c1 / c2:.2f}; old measure: "
+              f"{o1 / o2:.2f}; ideal for this split: {ideal:.2f} (medians of {a.runs} runs; "
+              f"{contended} with a core share < {MIN_SHARE})")
         if a.json:
             Path(a.json).write_text(json.dumps(summary, indent=1))
     finally:

@@ -5,6 +5,7 @@ really exist). No engine or cluster needed; `kubectl kustomize` renders the over
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -269,7 +270,11 @@ def test_compose_builds_exist():
         for name, c in compose_doc(path).get("services", {}).items():
             if "build" in c:
                 ctx = ROOT / c["build"]["context"]
-                assert (ctx / c["build"].get("dockerfile", "Dockerfile")).is_file(), name
+                dockerfile = ctx / c["build"].get("dockerfile", "Dockerfile")
+                assert dockerfile.is_file(), name
+                if "target" in c["build"]:
+                    target = re.escape(c["build"]["target"])
+                    assert re.search(rf"(?m)^FROM \S+ AS {target}$", dockerfile.read_text()), name
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)

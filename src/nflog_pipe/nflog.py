@@ -270,8 +270,10 @@ class NflogReader:
 
     # -- data plane --------------------------------------------------------------
     def read(self, max_recvs: int = 64) -> int:
-        """Drain the socket into the batch.  0: drained, 1: batch full,
-        2: max_recvs reached; raises NflogError on a socket error."""
+        """Drain the socket into the areas.  0: drained, 1: an area must go out
+        (the one without room, ``area_room``; with shards the rest of the
+        buffer is kept and placed by the next read), 2: max_recvs reached;
+        raises NflogError on a socket error."""
         rc = lib.nzp_read(self.fd, self._rbuf, RECV_BUFSIZE, self.batch, max_recvs)
         if rc < 0:
             raise NflogError(-rc, f"reading the NFLOG socket: {os.strerror(-rc)}")
@@ -296,8 +298,9 @@ class NflogReader:
         return memoryview(self._buffers[i])[: self.header_room + self.area_len(i)]
 
     def area_room(self, i: int) -> bool:
-        """Whether area ``i`` can still take a whole netlink buffer."""
-        return self.batch.cap - self.area_len(i) >= RECV_BUFSIZE
+        """After ``read`` returned 1: whether area ``i`` may stay (it is not the
+        one that had no room)."""
+        return i != self.batch.blocked_shard
 
     def reset_area(self, i: int) -> None:
         if self.shards > 1:

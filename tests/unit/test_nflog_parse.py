@@ -124,3 +124,4 @@ def test_error_and_unknown_messages_are_counted():
     batch = Batch([0])
     batch.parse(err + other)
     assert batch.b.nl_errors == 1 and batch.b.other_msgs == 1 and batch.b.count == 0
+

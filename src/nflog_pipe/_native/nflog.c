@@ -67,6 +67,8 @@ static void track_seq(struct nzp_batch *b, uint16_t group, uint32_t seq)
     }
 }
 
+#define NZP_NO_ROOM (-2)
+
 /* One NFULNL_MSG_PACKET message body (after nlmsghdr). 0 on success. */
 static int parse_packet(const unsigned char *m, size_t mlen, struct nzp_batch *b)
 {
@@ -74,6 +76,7 @@ static int parse_packet(const unsigned char *m, size_t mlen, struct nzp_batch *b
     uint32_t plen = 0, caplen, origlen, sec, usec;
     uint16_t group;
     size_t off;
+    uint32_t s = 0;
     unsigned char *r;
 
     if (mlen < sizeof(struct nfgenmsg))
@@ -102,20 +105,30 @@ static int parse_packet(const unsigned char *m, size_t mlen, struct nzp_batch *b
         }
         off += NLA_ALIGN(alen);
     }
+    /* the room check comes before any side effect: a message whose record
+     * does not fit is parsed again, whole, once its area has been sent (a
+     * record larger than an empty area never fits: malformed) */
+    if (payload && NZP_REC_HDR + (size_t)plen > b->cap)
+        return -1;
+    if (payload && b->nshards > 1) {
+        s = nzp_shard_of(payload, plen, b->shard_key, b->nshards);
+        if (b->shard_len[s] + NZP_REC_HDR + plen > b->cap) {
+            b->blocked_shard = s;
+            return NZP_NO_ROOM;
+        }
+    } else if (payload && b->len + NZP_REC_HDR + plen > b->cap) {
+        b->blocked_shard = 0;
+        return NZP_NO_ROOM;
+    }
     if (seq)
         track_seq(b, group, get_be32(seq));
     if (!payload)
         return 1;               /* metadata-only message: nothing to record */
     if (b->nshards > 1) {
-        uint32_t s = nzp_shard_of(payload, plen, b->shard_key, b->nshards);
-        if (b->shard_len[s] + NZP_REC_HDR + plen > b->cap)
-            return -2;
         r = b->shard_out[s] + b->shard_len[s];
         b->shard_len[s] += NZP_REC_HDR + plen;
         b->shard_count[s]++;
     } else {
-        if (b->len + NZP_REC_HDR + plen > b->cap)
-            return -2;              /* caller broke the capacity contract */
         r = b->out + b->len;
         b->len += NZP_REC_HDR + plen;
         b->count++;
@@ -140,9 +153,12 @@ static int parse_packet(const unsigned char *m, size_t mlen, struct nzp_batch *b
     return 0;
 }
 
-int nzp_parse(const unsigned char *buf, size_t buflen, struct nzp_batch *b)
+/* Walk the messages of buf from offset *off on.  Returns the records
+ * produced; stops early, *off at the message, when a record does not fit its
+ * area (b->blocked_shard says which); *off is buflen when the buffer is done. */
+static int walk(const unsigned char *buf, size_t buflen, size_t *offp, struct nzp_batch *b)
 {
-    size_t off = 0;
+    size_t off = *offp;
     int produced = 0;
 
     while (off + NLMSG_HDRLEN <= buflen) {
@@ -158,6 +174,10 @@ int nzp_parse(const unsigned char *buf, size_t buflen, struct nzp_batch *b)
                    ((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET)) {
             int rc = parse_packet(buf + off + NLMSG_HDRLEN,
                                   len - NLMSG_HDRLEN, b);
+            if (rc == NZP_NO_ROOM) {
+                *offp = off;
+                return produced;
+            }
             if (rc == 0)
                 produced++;
             else if (rc < 0)
@@ -167,6 +187,15 @@ int nzp_parse(const unsigned char *buf, size_t buflen, struct nzp_batch *b)
         }
         off += NLMSG_ALIGN(len);
     }
+    *offp = buflen;
+    return produced;
+}
+
+int nzp_parse(const unsigned char *buf, size_t buflen, struct nzp_batch *b)
+{
+    size_t off = 0;
+    int produced = walk(buf, buflen, &off, b);
+    b->malformed += off < buflen;  /* the caller's area was too small */
     return produced;
 }
 
@@ -177,13 +206,19 @@ int nzp_read(int fd, unsigned char *rbuf, size_t rbuflen, struct nzp_batch *b,
     for (i = 0; i < max_recvs; i++) {
         ssize_t n;
         struct timeval tv;
-        if (b->nshards > 1) {
-            uint32_t s;
-            for (s = 0; s < b->nshards; s++)
-                if (b->cap - b->shard_len[s] < rbuflen)
-                    return 1;
-        } else if (b->cap - b->len < rbuflen)
+        if (b->pending) {       /* the rest of a buffer that did not fit */
+            walk(rbuf, b->pending, &b->pending_off, b);
+            if (b->pending_off < b->pending)
+                return 1;
+            b->pending = b->pending_off = 0;
+            continue;
+        }
+        /* one destination: the area goes out once it holds more than the
+         * batch size, i.e. when it might not take a whole buffer */
+        if (b->nshards <= 1 && b->cap - b->len < rbuflen) {
+            b->blocked_shard = 0;
             return 1;
+        }
         n = recv(fd, rbuf, rbuflen, MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -200,7 +235,13 @@ int nzp_read(int fd, unsigned char *rbuf, size_t rbuflen, struct nzp_batch *b,
         gettimeofday(&tv, NULL);
         b->now_sec = (uint32_t)tv.tv_sec;
         b->now_usec = (uint32_t)tv.tv_usec;
-        nzp_parse(rbuf, (size_t)n, b);
+        b->pending_off = 0;
+        walk(rbuf, (size_t)n, &b->pending_off, b);
+        if (b->pending_off < (size_t)n) {
+            b->pending = (size_t)n;
+            return 1;
+        }
+        b->pending_off = 0;
     }
     return 2;
 }

@@ -48,6 +48,12 @@ struct nzp_batch {
     unsigned char *shard_out[16];
     size_t shard_len[16];
     uint32_t shard_count[16];
+    /* a buffer whose records did not all fit: rbuf holds `pending` bytes,
+     * walked up to `pending_off`; the next nzp_read goes on from there, once
+     * the caller has sent the area that had no room (`blocked_shard`) */
+    size_t pending;
+    size_t pending_off;
+    uint32_t blocked_shard;
 };
 
 /* The shard (0..nshards-1) of one IP packet; the same function the walker and
@@ -61,9 +67,13 @@ uint64_t nzp_hash(const unsigned char *pkt, uint32_t caplen, int key);
 int nzp_parse(const unsigned char *buf, size_t buflen, struct nzp_batch *b);
 
 /* recv() from a non-blocking netlink socket and parse, until the socket is
- * drained (returns 0), the batch (with shards: one of the shards' areas)
- * cannot take another buffer of rbuflen bytes (returns 1), max_recvs buffers were read (returns 2), or an error other
- * than EAGAIN/EINTR/ENOBUFS occurs (returns -errno). */
+ * drained (returns 0), an area must go out (returns 1: with one destination
+ * when it holds more than cap - rbuflen bytes, before the next recv; with
+ * shards when a record does not fit its shard's area, `blocked_shard`: the
+ * rest of that buffer stays pending and the next call goes on with it, so a
+ * shard's area fills up to its capacity), max_recvs buffers were read
+ * (returns 2), or an error other than EAGAIN/EINTR/ENOBUFS occurs (returns
+ * -errno). */
 int nzp_read(int fd, unsigned char *rbuf, size_t rbuflen, struct nzp_batch *b,
              int max_recvs);
 

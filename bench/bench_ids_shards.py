@@ -252,6 +252,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rules", type=int, default=3200)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json")
+    ap.add_argument("--control", action="store_true",
+                    help="also run each shard alone on core 0 (the other core idle): what 2 "
+                    "shards would give if the two cores did not slow each other down")
     a = ap.parse_args(argv)
     if not shutil.which("suricata") or not shutil.which("taskset"):
         sys.exit("needs suricata and taskset")
@@ -270,6 +273,16 @@ def main(argv=None) -> int:
             shares = [d["share"] for d in one["procs"] + two["procs"]]
             results.append({"run": r, "one": one, "two": two,
                             "contended": min(shares) < MIN_SHARE})
+            if a.control:
+                alone = [run([(0, shards[i][0], rules, shards[i][1])], tmp, f"alone{r}-{i}-")
+                         for i in (0, 1)]
+                t_alone = max(x["t"] for x in alone)
+                results[-1]["alone"] = alone
+                results[-1]["t_alone"] = t_alone
+                print(f"# run {r} control: each shard alone on core 0: "
+                      + ", ".join(f"{x['t']:.2f} s" for x in alone)
+                      + f"; 1 shard / the slower alone: {one['t'] / t_alone:.2f}; "
+                      f"together each took {two['t'] / t_alone:.2f}x as long", flush=True)
             print(f"# run {r}: analysis 1 shard {one['t']:.2f} s "
                   f"({a.packets / one['t']:,.0f} pkt/s), 2 shards {two['t']:.2f} s "
                   f"({a.packets / two['t']:,.0f} pkt/s), ratio {one['t'] / two['t']:.2f} | "
@@ -301,6 +314,12 @@ def main(argv=None) -> int:
               f"ratio 2/1 (analysis): {t1 / t2:.2f}; worker CPU: {c1 / c2:.2f}; old measure: "
               f"{o1 / o2:.2f}; ideal for this split: {ideal:.2f} (medians of {a.runs} runs; "
               f"{contended} with a core share < {MIN_SHARE})")
+        if a.control:
+            ta = statistics.median(x["t_alone"] for x in results)
+            summary["t_alone_s"] = ta
+            print(f"control: the slower shard alone {ta:.2f} s, ratio 1 shard / it "
+                  f"{t1 / ta:.2f} (the split); run together the shards took {t2 / ta:.2f}x as "
+                  "long as alone (the two cores slowing each other down)")
         if a.json:
             Path(a.json).write_text(json.dumps(summary, indent=1))
     finally:

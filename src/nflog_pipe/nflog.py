@@ -106,10 +106,13 @@ class NflogReader:
         if shards > 1:
             self.batch.nshards = shards
             self.batch.shard_key = shard_key
-        self._frames: list = [None] * shards
-        self._buffers: list = [None] * shards
-        for i in range(shards):
-            self.use_buffer(ffi.new("unsigned char[]", self._size), i)
+        self._frames = [ffi.new("unsigned char[]", self._size) for _ in range(shards)]
+        self._buffers = [ffi.buffer(f, self._size) for f in self._frames]
+        if shards > 1:
+            for i, f in enumerate(self._frames):
+                self.batch.shard_out[i] = f + header_room
+        else:
+            self.batch.out = self._frames[0] + header_room
 
     # -- control plane ---------------------------------------------------------
     def _bind(self, group: int, kbufsiz: int, qthresh: int | None, timeout_cs: int | None) -> None:
@@ -309,26 +312,6 @@ class NflogReader:
         else:
             self.batch.len = 0
             self.batch.count = 0
-
-    # -- zero-copy sends: the frame buffer is handed to ZeroMQ, a fresh one used --
-    def new_buffer(self, at: int = 0, data: bytes = b""):
-        """A frame buffer like the reader's own (header room + capacity), with
-        ``data`` written at offset ``at`` of the header room."""
-        buf = ffi.new("unsigned char[]", self._size)
-        ffi.memmove(buf + at, data, len(data))
-        return buf
-
-    def current_buffer(self, i: int):
-        return self._frames[i]
-
-    def use_buffer(self, buf, i: int) -> None:
-        """Fill ``buf`` from now on (area ``i`` must be empty): the previous
-        buffer belongs to ZeroMQ until it has sent it."""
-        self._frames[i], self._buffers[i] = buf, ffi.buffer(buf, self._size)
-        if self.shards > 1:
-            self.batch.shard_out[i] = buf + self.header_room
-        else:
-            self.batch.out = buf + self.header_room
 
     # -- teardown ----------------------------------------------------------------
     def close(self) -> None:

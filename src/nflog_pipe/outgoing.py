@@ -29,7 +29,6 @@ tests/unit/test_outgoing.py); ``try_send`` is the one socket call.
 
 from __future__ import annotations
 
-import collections
 import random
 
 import zmq
@@ -37,12 +36,6 @@ import zmq
 from . import frame, pcap
 
 SENT, HELD, DROPPED = "sent", "held", "dropped"
-
-#: frames from this size on are handed to ZeroMQ without a copy (``BufferPool``);
-#: below it the copy is cheaper than the tracking (bench/RESULTS.md: zero-copy
-#: made 64 B frames of ~110 KiB cost 20 % more, 1400 B frames of ~400 KiB 9 % less)
-ZERO_COPY_MIN = 192 * 1024
-
 
 def account(c, accepted: bool, count: int, raw_len: int, can_grow: bool) -> str:
     """Count one attempt to send a frame of ``count`` records (``raw_len``
@@ -93,43 +86,14 @@ class Stream:
         return outcome
 
 
-def try_send(sock: zmq.Socket, data, own_buffer: bool = False):
-    """Hand ``data`` to ZeroMQ without waiting.  Returns ``(accepted,
-    tracker)``; ``tracker`` is set when the buffer went without a copy (only
-    an ``own_buffer`` of at least ``ZERO_COPY_MIN`` bytes): it is ZeroMQ's
-    until ``tracker.done``."""
-    zero_copy = own_buffer and len(data) >= ZERO_COPY_MIN
+def try_send(sock: zmq.Socket, data) -> bool:
+    """Hand ``data`` to ZeroMQ (copied into a message) without waiting; whether
+    it was taken.  (Handing the buffer over without a copy, ``copy=False``,
+    was measured and dropped: pyzmq then wakes a thread of its own for every
+    frame libzmq releases, and the sender cost as much or more per packet,
+    bench/RESULTS.md.)"""
     try:
-        tracker = sock.send(data, zmq.NOBLOCK, copy=not zero_copy, track=zero_copy)
+        sock.send(data, zmq.NOBLOCK)
     except zmq.Again:
-        return False, None
-    return True, tracker if zero_copy else None
-
-
-class BufferPool:
-    """Frame buffers handed to ZeroMQ without a copy (``send(copy=False)``).
-
-    pyzmq's default copies every frame into a ZeroMQ message; a frame is tens
-    to hundreds of KiB here, where that copy is a visible part of the cost
-    per packet.  Without the copy, libzmq reads the buffer itself, later, from
-    its I/O thread: the buffer must not be written again until libzmq has
-    released it (``MessageTracker.done``).  So after such a frame the reader
-    goes on in another buffer, and sent buffers come back here once released
-    (in order: one socket sends its frames in order).  At most
-    ``--zmq-buffer-frames`` + a few buffers exist."""
-
-    def __init__(self, new_buffer):
-        self.new_buffer = new_buffer
-        self.free: list = []
-        self.inflight: collections.deque = collections.deque()
-
-    def take(self):
-        inflight = self.inflight
-        while inflight and inflight[0][0].done:
-            self.free.append(inflight.popleft()[1])
-        if self.free:
-            return self.free.pop()
-        return self.new_buffer()
-
-    def sent(self, tracker, buf) -> None:
-        self.inflight.append((tracker, buf))
+        return False
+    return True

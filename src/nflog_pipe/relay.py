@@ -214,8 +214,7 @@ class Relay:
             self._send(out)
 
     def _send(self, out: Output) -> None:
-        accepted, _ = outgoing.try_send(self.push, self.core.frame_of(out))
-        self.core.result(out, accepted)
+        self.core.result(out, outgoing.try_send(self.push, self.core.frame_of(out)))
 
     # -- the loop ----------------------------------------------------------------
     def run(self, rt: runtime.Runtime | None = None) -> None:

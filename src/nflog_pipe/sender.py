@@ -116,7 +116,6 @@ class Sender:
         # a full frame: a batch closes once it holds more than --batch-size,
         # somewhere below this capacity (--batch-size + 256 KiB)
         self.pacer = batching.DrainPacer(reader.batch.cap)
-        self.pools = [outgoing.BufferPool(self._new_buffer) for _ in socks]
         for i in range(n):  # the sender id never changes: written once after the header's place
             reader.area_frame(i)[frame.HEADER_SIZE : reader.header_room] = sender_id
         # cumulative C counters already accounted
@@ -124,17 +123,13 @@ class Sender:
                       "nl_errors": 0, "recvs": 0}
         self._warned_overrun = False
         init_counters(c, "packets_in", "bytes_in", "netlink_buffers", "dropped.kernel_overrun")
+        b = reader.batch  # records in each area, read after every netlink read
+        self._counts = (lambda: (b.count,)) if n == 1 else (lambda: b.shard_count[0:n])
 
     @property
     def instance(self) -> int:
         return self.streams[0].instance
 
-    def _new_buffer(self):
-        return self.reader.new_buffer(frame.HEADER_SIZE, self.sid)
-
-    def _counts(self) -> list[int]:
-        r = self.reader
-        return [r.area_count(i) for i in range(self.core.n)]
 
     # -- reading -----------------------------------------------------------------
     def pump(self) -> None:
@@ -206,19 +201,15 @@ class Sender:
                 self._out_area(i, can_grow)
 
     def _out_area(self, i: int, can_grow: bool) -> None:
-        """Area i as one frame: its header packed in place, the buffer itself sent."""
+        """Area i as one frame: its header packed in place, the buffer sent."""
         r = self.reader
         count, raw_len = r.area_count(i), r.area_len(i)
         buf = r.area_frame(i)
         st = self.streams[i]
         st.pack_header(buf, self.sid, count, raw_len)
-        accepted, tracker = outgoing.try_send(self.socks[i], buf, own_buffer=True)
-        if not self.core.outcome(i, st.result(accepted, count, raw_len, can_grow)):
-            return  # held: more records join it, POLLOUT retries
-        r.reset_area(i)
-        if tracker is not None:  # the buffer is ZeroMQ's until sent: go on in another
-            self.pools[i].sent(tracker, r.current_buffer(i))
-            r.use_buffer(self.pools[i].take(), i)
+        accepted = outgoing.try_send(self.socks[i], buf)
+        if self.core.outcome(i, st.result(accepted, count, raw_len, can_grow)):
+            r.reset_area(i)  # else held: more records join it, POLLOUT retries
 
     def _out_controlled(self, i: int, can_grow: bool) -> None:
         """With --rate-control: the area goes through the controller.  While
@@ -246,8 +237,7 @@ class Sender:
             data = bytearray(frame.HEADER_SIZE) + self.sid + out.payload
             st.pack_header(data, self.sid, out.count, out.raw_len, len(out.payload),
                            frame.FLAG_COMPRESSED, out.codec)
-        accepted, _ = outgoing.try_send(self.socks[0], data)
-        st.result(accepted, out.count, out.raw_len, False)
+        st.result(outgoing.try_send(self.socks[0], data), out.count, out.raw_len, False)
 
     # -- the loop ----------------------------------------------------------------
     def run(self) -> None:

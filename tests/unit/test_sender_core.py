@@ -115,7 +115,7 @@ class ScriptedReader:
         self.len = self.count = 0
         self.room = True
         self.batch = types.SimpleNamespace(cap=4096, packets=0, bytes=0, recvs=0, seq_lost=0,
-                                           enobufs=0, malformed=0, nl_errors=0)
+                                           enobufs=0, malformed=0, nl_errors=0, count=0)
 
     def read(self):
         records, status = self.script.pop(0)
@@ -124,6 +124,7 @@ class ScriptedReader:
             self.buf[ROOM + self.len : ROOM + self.len + len(r)] = r
             self.len += len(r)
             self.count += 1
+            self.batch.count = self.count
             self.batch.packets += 1
         self.room = status != 1
         return status
@@ -141,7 +142,7 @@ class ScriptedReader:
         return self.room
 
     def reset_area(self, i):
-        self.len = self.count = 0
+        self.len = self.count = self.batch.count = 0
 
 
 @pytest.fixture

@@ -37,6 +37,9 @@ CODEC_ZSTD = _codec.ZSTD
 MAX_SENDER_ID = 255
 #: Largest frame a receiver accepts (also ZMQ_MAXMSGSIZE on its sockets).
 MAX_FRAME = 64 * 1024 * 1024
+#: what receivers and relays tune malloc for (``keep_frame_memory``): a sender's
+#: largest frame at the default --batch-size (256 KiB + 256 KiB of records), rounded up
+COMMON_FRAME = 1 << 20
 #: Largest record area a frame may announce (bounds decompression).
 MAX_RAW = 64 * 1024 * 1024
 MAX_RECORDS = MAX_RAW // pcap.RECORD_HEADER_SIZE
@@ -139,6 +142,16 @@ def encode(
         payload, flags = _codec.compress(codec, records, level), FLAG_COMPRESSED
     return pack_header(sid, instance, seq, pkt_seq, count, len(records), len(payload),
                        flags, codec) + payload
+
+
+def keep_frame_memory(frame_bytes: int) -> bool:
+    """Frames travel in ZeroMQ messages of their size, allocated in one thread and
+    freed in another, which glibc may map and unmap one by one above 128 KiB (an
+    mmap, a page fault per 4 KiB, an munmap per frame: with 2 shards at 1400 B
+    the sender cost 30-70 % more per packet without this, bench/RESULTS.md).
+    Raise malloc's mmap and trim thresholds above ``frame_bytes``; whether
+    glibc took them."""
+    return _rlib.nzp_keep_frame_memory(frame_bytes) == 0
 
 
 _bad_index = _rffi.new("uint32_t *")

@@ -95,6 +95,7 @@ class NflogReader:
         self._rbuf = ffi.new("unsigned char[]", RECV_BUFSIZE)
         cap = batch_bytes + RECV_BUFSIZE
         self._size = header_room + cap
+        self.frame_bytes = self._size  # the largest frame: header room and a full area
         self.batch = ffi.new("struct nzp_batch *")
         self.batch.cap = cap
         self.batch.ngroups = len(groups)

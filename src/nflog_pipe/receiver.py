@@ -375,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.setup_logging(SERVICE, args)
     if args.rate_control:
         log.info("--rate-control is no longer needed: compressed frames are detected")
+    frame.keep_frame_memory(frame.COMMON_FRAME)  # frames stay on the heap (frame.py)
     counters = Counters()
     limits = listen.raise_fd_limit()  # silent peers must not exhaust 1024 descriptors
     try:

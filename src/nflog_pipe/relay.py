@@ -328,6 +328,7 @@ def _main(mode: str, argv: list[str] | None) -> int:
     args = config.parse_args(prog, _DESCRIPTIONS[mode], options, argv)
     runtime.ignore_hangup()
     runtime.setup_logging(mode, args)
+    frame.keep_frame_memory(frame.COMMON_FRAME)  # frames stay on the heap (frame.py)
     counters = Counters()
     limits = listen.raise_fd_limit()
     rc = None

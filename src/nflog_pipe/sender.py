@@ -348,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
             shard_key=shard.KEYS[args.shard_key])
     except nflog.NflogError as e:
         return runtime.fatal("cannot set up NFLOG: %s", e)
+    if not frame.keep_frame_memory(reader.frame_bytes):
+        log.warning("could not tune malloc for frames of %d bytes: each frame costs an mmap",
+                    reader.frame_bytes, extra={"event": "malloc_tuning_refused"})
     # cleanup on every path, fatal ones too: the NFLOG reader (and its controller),
     # the socket, the context; then the totals
     with contextlib.ExitStack() as stack:

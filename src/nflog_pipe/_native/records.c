@@ -2,6 +2,8 @@
  * Receiver-side checks of record areas (see nflog.h for the layout).  Every
  * frame's records are validated here before any byte reaches a pcap output.
  */
+#include <limits.h>
+#include <malloc.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -98,4 +100,23 @@ uint32_t nzp_shard(const unsigned char *pkt, uint32_t caplen, int key, uint32_t 
 uint64_t nzp_hash(const unsigned char *pkt, uint32_t caplen, int key)
 {
     return nzp_flow_hash(pkt, caplen, key);
+}
+
+int nzp_keep_frame_memory(size_t frame_bytes)
+{
+    /* glibc serves an allocation above M_MMAP_THRESHOLD (128 KiB at start)
+     * with a fresh mmap and unmaps it at free; below it, it trims the heap
+     * top above M_TRIM_THRESHOLD.  Frames travel in ZeroMQ messages of their
+     * size, allocated by one thread and freed by another: every frame then
+     * cost an mmap, a page fault per 4 KiB and an munmap. */
+    size_t mmap_at = 2 * frame_bytes, trim_at = 8 * frame_bytes;
+    if (mmap_at > (size_t)32 << 20)
+        mmap_at = (size_t)32 << 20;    /* glibc's largest on 64-bit */
+    if (trim_at > INT_MAX)
+        trim_at = INT_MAX;
+    if (frame_bytes >= mmap_at)
+        return -1;
+    if (!mallopt(M_MMAP_THRESHOLD, (int)mmap_at) || !mallopt(M_TRIM_THRESHOLD, (int)trim_at))
+        return -1;
+    return 0;
 }

@@ -39,3 +39,8 @@ uint32_t nzp_split(const unsigned char *area, size_t len, uint32_t count, int ke
 /* The shard of one IP packet (tests). */
 uint32_t nzp_shard(const unsigned char *pkt, uint32_t caplen, int key, uint32_t nshards);
 uint64_t nzp_hash(const unsigned char *pkt, uint32_t caplen, int key);
+
+/* Keep frame-sized allocations (ZeroMQ messages of a frame) on the heap, and
+ * the heap from being trimmed after each: mallopt M_MMAP_THRESHOLD 2x and
+ * M_TRIM_THRESHOLD 8x frame_bytes.  0, or -1 when glibc refused. */
+int nzp_keep_frame_memory(size_t frame_bytes);

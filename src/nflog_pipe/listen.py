@@ -71,9 +71,12 @@ class Monitor:
     def poll(self) -> int:
         """Read the events that are there (never waits); returns how many."""
         n = 0
-        while n < MONITOR_BATCH:
+        pair = self.pair
+        # ask first: an empty recv raises zmq.Again, whose construction costs more
+        # than the check, and this runs on every turn of the daemons' loops
+        while n < MONITOR_BATCH and pair.get(zmq.EVENTS) & zmq.POLLIN:
             try:
-                msg = self.pair.recv_multipart(zmq.NOBLOCK)
+                msg = pair.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
             n += 1

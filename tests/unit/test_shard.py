@@ -103,19 +103,28 @@ def test_spread_and_consistency():
         assert abs(frac - 1 / (n + 1)) < 0.03, (n, frac)
 
 
-def test_walker_writes_each_record_into_its_shard():
-    """nzp_parse with 3 shards on recorded kernel buffers: every record once,
-    in its flow's shard, in order."""
-    cap = 1 << 20
-    mems = [ffi.new("unsigned char[]", cap) for _ in range(3)]
+def _batch(cap: int, nshards: int):
+    """An nzp_batch for the recorded groups with ``nshards`` areas of ``cap`` bytes
+    (one: the one-destination area)."""
+    mems = [ffi.new("unsigned char[]", cap) for _ in range(nshards)]
     b = ffi.new("struct nzp_batch *")
     b.cap = cap
-    b.nshards = 3
-    for i, m in enumerate(mems):
-        b.shard_out[i] = m
+    if nshards > 1:
+        b.nshards = nshards
+        for i, m in enumerate(mems):
+            b.shard_out[i] = m
+    else:
+        b.out = mems[0]
     b.ngroups = len(MANIFEST["recorded_groups"])
     for i, g in enumerate(MANIFEST["recorded_groups"]):
         b.groups[i] = g
+    return b, mems
+
+
+def test_walker_writes_each_record_into_its_shard():
+    """nzp_parse with 3 shards on recorded kernel buffers: every record once,
+    in its flow's shard, in order."""
+    b, mems = _batch(1 << 20, 3)
     expected: list[list[bytes]] = [[], [], []]
     for name in sorted(MANIFEST["buffers"]):
         data = (FIX / name).read_bytes()
@@ -184,22 +193,9 @@ def test_a_full_shard_area_goes_out_and_the_rest_of_its_buffer_follows():
     biggest = max(len(d) for d in bufs)
     largest = max(16 + p["payload_len"] for n in names for p in MANIFEST["buffers"][n]["packets"])
     cap = max(biggest // 3, largest)
-    mems = [ffi.new("unsigned char[]", cap) for _ in range(2)]
-    b = ffi.new("struct nzp_batch *")
-    b.cap = cap
-    b.nshards = 2
-    for i, m in enumerate(mems):
-        b.shard_out[i] = m
-    b.ngroups = len(MANIFEST["recorded_groups"])
-    for i, g in enumerate(MANIFEST["recorded_groups"]):
-        b.groups[i] = g
+    b, mems = _batch(cap, 2)
     got: list[list[bytes]] = [[], []]
-    ref = ffi.new("struct nzp_batch *")  # the same buffers walked with room to spare
-    ref_mem = ffi.new("unsigned char[]", 1 << 20)
-    ref.cap, ref.out = 1 << 20, ref_mem
-    ref.ngroups = b.ngroups
-    for i, g in enumerate(MANIFEST["recorded_groups"]):
-        ref.groups[i] = g
+    ref, ref_mems = _batch(1 << 20, 1)  # the same buffers walked with room to spare
     for data in bufs:
         lib.nzp_parse(data, len(data), ref)
         ref.len = ref.count = 0

@@ -67,7 +67,7 @@ OPTIONS = [
            metavar="S", help="the kernel sends a batch at the latest this long after its first "
            "packet (nflog_set_timeout, in steps of 0.01 s)"),
     Option("zmq_buffer_frames", ("--zmq-buffer-frames",), type=config.count(1, 1_000_000),
-           default=50, metavar="FRAMES", help="frames (each up to --batch-size KiB of packets) "
+           default=50, metavar="FRAMES", help="frames (each about --batch-size KiB of packets) "
            "queued for the network (ZMQ_SNDHWM); past it frames are dropped and counted, never "
            "waited for"),
     Option("zmq_buffer", ("--zmq-buffer",), metavar="PACKETS", refused=(
@@ -75,7 +75,9 @@ OPTIONS = [
         "frames of many packets: use --zmq-buffer-frames FRAMES (default 50; "
         "NFLOG_PIPE_ZMQ_BUFFER_FRAMES)")),
     Option("batch_size", ("--batch-size",), type=config.count(1, 16384), default=256,
-           metavar="KiB", help="largest record area of one frame"),
+           metavar="KiB", help="record bytes of one frame: a frame closes once its records "
+           "exceed this (at most this + 256 KiB); with several destinations each shard's "
+           "area fills up to that maximum, or goes out after 10 ms"),
     Option("sender_id", ("--sender-id",), type=config.text(frame.MAX_SENDER_ID, "sender id"),
            default=None, metavar="NAME",
            help="identity carried in every frame (default: the host name)"),

@@ -149,7 +149,6 @@ class Relay:
         self.core = RelayCore(mode, rc, counters)
         self.mode = mode
         self.c = self.core.c
-        self.rc = rc
         self.zmq_buffer = zmq_buffer
         self.linger = linger
         self._own_ctx = ctx is None
@@ -161,12 +160,14 @@ class Relay:
         #: CURVE (security.Curve): server on the input, client on the output
         self.curve = None
         self.monitor: listen.Monitor | None = None
-        self.out = self.core.out
-        self.tracker = self.core.tracker
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.ready = threading.Event()
         self.error: BaseException | None = None
+
+    @property
+    def out(self) -> OutStreams:
+        return self.core.out
 
     # -- set-up ------------------------------------------------------------------
     def bind_in(self, endpoint: str) -> None:
@@ -294,7 +295,7 @@ class Relay:
             self.ctx = None
 
     def per_sender(self) -> dict:
-        return self.tracker.per_sender()
+        return self.core.tracker.per_sender()
 
 
 # -- the commands ------------------------------------------------------------------

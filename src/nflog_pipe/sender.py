@@ -132,7 +132,6 @@ class Sender:
     def instance(self) -> int:
         return self.streams[0].instance
 
-
     # -- reading -----------------------------------------------------------------
     def pump(self) -> None:
         """Drain the netlink socket.  An area that fills up goes out at once;
